@@ -1,0 +1,155 @@
+"""The command line: eventlog serve | migrate | ids decode."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from .config import ConfigError, Settings, load_settings
+from .ids import decode
+from .storage.base import StoreError, open_store
+
+log = logging.getLogger("eventlog")
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its password, fit for a log line."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML settings file (or EVENTLOG_CONFIG)")
+    parser.add_argument("--dsn", help="sqlite:///path.db or postgresql://… (or EVENTLOG_DSN)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventlog", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    _store_flags(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks one)")
+    serve.add_argument("--node-id", type=int, help="snowflake node id 0-1023, unique per instance")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+
+    migrate = commands.add_parser("migrate", help="apply pending schema migrations and exit")
+    _store_flags(migrate)
+
+    ids = commands.add_parser("ids", help="work with snowflake ids")
+    id_commands = ids.add_subparsers(dest="ids_command", required=True)
+    decode_cmd = id_commands.add_parser("decode", help="print an id's timestamp, node and sequence")
+    decode_cmd.add_argument("id", help="a 64-bit snowflake id in decimal")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "dsn": args.dsn,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "node_id": getattr(args, "node_id", None),
+        "log_level": getattr(args, "log_level", None),
+    }
+    return load_settings(args.config, overrides=overrides)
+
+
+async def _serve(settings: Settings) -> int:
+    from .web import create_app
+
+    runner = web.AppRunner(
+        create_app(settings), handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+    )
+    try:
+        await runner.setup()
+    except Exception as e:  # the store could not be opened or migrated
+        log.error("cannot start: %s", e)
+        return 1
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, e.strerror)
+        await runner.cleanup()
+        return 1
+    host, port = runner.addresses[0][:2]
+    log.info(
+        "eventlog listening on http://%s:%s (store: %s, node id %d)",
+        host,
+        port,
+        describe_dsn(settings.dsn),
+        settings.node_id,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    try:
+        async with open_store(settings.dsn, **settings.store_options()) as store:
+            applied = await store.migrate()
+    except StoreError as e:
+        log.error("cannot migrate: %s", e)
+        return 1
+    print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
+    return 0
+
+
+def _decode(text: str) -> int:
+    try:
+        parts = decode(int(text))
+    except ValueError:
+        print(f"eventlog: {text!r} is not a 64-bit snowflake id", file=sys.stderr)
+        return 2
+    print(f"id         {int(text)}")
+    print(f"timestamp  {parts.timestamp.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}")
+    print(f"unix_ms    {parts.unix_ms}")
+    print(f"node_id    {parts.node_id}")
+    print(f"sequence   {parts.sequence}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `eventlog` console script and of `python -m eventlog`."""
+    args = _parser().parse_args(argv)
+    if args.command == "ids":
+        return _decode(args.id)
+    try:
+        settings = _settings(args)
+    except ConfigError as e:
+        print(f"eventlog: configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(settings))
+        return asyncio.run(_migrate(settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

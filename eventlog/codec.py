@@ -1,0 +1,341 @@
+"""The edge between the wire and the models: JSON, the one cattrs converter, and its errors.
+
+Every request body is structured here and every event is unstructured here; no model knows
+about JSON or about the legacy field names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn
+
+from .envelope import (
+    RESULT_KINDS,
+    Envelope,
+    Event,
+    ExecutionId,
+    Id64,
+    IdList,
+    JsonObject,
+    JsonValue,
+    Name,
+    ResultKind,
+    Status,
+    Text,
+    Timestamp,
+)
+from .problems import EmptyBody, FieldError, InvalidEnvelope, InvalidJson
+from .status import normalise_status
+
+MAX_ID = 2**63 - 1
+
+# Legacy producers' names for three fields: alias -> canonical.
+ALIASES = {"name": "event_type", "node_name": "step", "context": "payload"}
+
+
+# --- JSON ---------------------------------------------------------------------------------
+
+# orjson reads integers past 64 bits as floats, silently; a body with such a long digit run
+# goes through the standard library instead, which keeps every integer exact.
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def loads(data: bytes) -> Any:
+    """Parse a JSON document; raise EmptyBody or InvalidJson (400) when it is not one."""
+    if not data.strip():
+        raise EmptyBody("the request body is empty; send one JSON document")
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise InvalidJson(f"the body is not valid JSON: {e}") from None
+    try:
+        return json.loads(
+            data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except (ValueError, RecursionError) as e:
+        raise InvalidJson(f"the body is not valid JSON: {str(e)[:200]}") from None
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise to compact JSON; integers beyond 64 bits are written exactly."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        pass
+    # The standard library writes any integer and nests deeper than orjson's limit; a lone
+    # surrogate fails the encode below, which is what we want: it has no UTF-8 form.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def json_text(value: Any) -> str:
+    """JSON text of an already parsed value, or ValueError when it cannot be stored."""
+    try:
+        return dumps(value).decode()
+    except RecursionError:
+        raise ValueError("nested too deeply to be stored") from None
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate, which has no UTF-8 form") from None
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality: unlike ==, true is not 1 and 1 is not 1.0; object key order is ignored."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+# --- strict structuring hooks -------------------------------------------------------------
+
+_DIGITS = re.compile(r"[0-9]{1,40}")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _int64(value: Any, low: int) -> int:
+    if type(value) is int:
+        number = value
+    elif type(value) is str and _DIGITS.fullmatch(value):
+        number = int(value)
+    else:
+        raise ValueError("must be an integer or a string of decimal digits")
+    if not low <= number <= MAX_ID:
+        raise ValueError(f"must be between {low} and 2^63-1")
+    return number
+
+
+def _text(value: Any, _: Any = None) -> str:
+    if type(value) is not str:
+        raise ValueError("must be a string")
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _name(value: Any, _: Any) -> str:
+    if not _text(value):
+        raise ValueError("must not be empty")
+    return value
+
+
+def _status(value: Any, _: Any) -> str:
+    status = normalise_status(_text(value))
+    if status is None:
+        raise ValueError("must match ^[A-Z][A-Z_]{0,31}$ once upper-cased")
+    return status
+
+
+def _timestamp(value: Any, _: Any) -> datetime:
+    if type(value) is not str or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 timestamp with an offset, like 2026-05-31T10:00:00Z")
+    try:
+        # fromisoformat wants upper-case T and Z; digits past microseconds are dropped.
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+    except (ValueError, OverflowError) as e:
+        raise ValueError(f"is not a valid timestamp: {e}") from None
+
+
+def _result_kind(value: Any, _: Any) -> str:
+    if value not in RESULT_KINDS or type(value) is not str:
+        raise ValueError("must be one of " + ", ".join(f'"{k}"' for k in RESULT_KINDS))
+    return value
+
+
+def _json_value(value: Any, _: Any = None) -> Any:
+    json_text(value)  # raises ValueError for what cannot be stored
+    return value
+
+
+def _json_object(value: Any, _: Any) -> dict:
+    if type(value) is not dict:
+        raise ValueError("must be a JSON object or null")
+    return _json_value(value)
+
+
+def _id_list(value: Any, _: Any) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise ValueError("must be an array of ids or null")
+    errors = []
+    ids = []
+    for index, item in enumerate(value):
+        try:
+            ids.append(_int64(item, 0))
+        except ValueError as e:
+            e.__notes__ = [IterableValidationNote(f"@ index {index}", index, int)]
+            errors.append(e)
+    if errors:
+        raise IterableValidationError("invalid ids", errors, IdList)
+    return tuple(ids)
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("must be true or false")
+    return value
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if type(value) is not int:
+        raise ValueError("must be an integer")
+    return value
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if type(value) not in (int, float):
+        raise ValueError("must be a number")
+    return float(value)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(str, _text)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(Id64, lambda v, _: _int64(v, 0))
+    conv.register_structure_hook(ExecutionId, lambda v, _: _int64(v, 1))
+    conv.register_structure_hook(Text, _text)
+    conv.register_structure_hook(Name, _name)
+    conv.register_structure_hook(Status, _status)
+    conv.register_structure_hook(Timestamp, _timestamp)
+    conv.register_structure_hook(ResultKind, _result_kind)
+    conv.register_structure_hook(JsonValue, _json_value)
+    conv.register_structure_hook(JsonObject, _json_object)
+    conv.register_structure_hook(IdList, _id_list)
+    # Hooks for the field types go first: the class hook is generated against them.
+    conv.register_structure_hook(Envelope, make_dict_structure_fn(Envelope, conv))
+    conv.register_unstructure_hook(Event, _unstructure_event)
+    return conv
+
+
+# --- events out ---------------------------------------------------------------------------
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds: 2026-05-31T10:00:00.000000Z."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _unstructure_event(event: Event) -> dict[str, Any]:
+    # Payload and meta are spliced in as the stored JSON text, never re-parsed on a read.
+    return {
+        "event_id": str(event.event_id),
+        "execution_id": str(event.execution_id),
+        "seq": str(event.seq),
+        "step": event.step,
+        "event_type": event.event_type,
+        "status": event.status,
+        "payload": orjson.Fragment(event.payload_json),
+        "meta": None if event.meta_json is None else orjson.Fragment(event.meta_json),
+        "worker_id": event.worker_id,
+        "result_kind": event.result_kind,
+        "result_uri": event.result_uri,
+        "event_ids": None if event.event_ids is None else [str(i) for i in event.event_ids],
+        "actionable": event.actionable,
+        "informative": event.informative,
+        "created_at": format_timestamp(event.created_at),
+        "ingested_at": format_timestamp(event.ingested_at),
+    }
+
+
+converter = _make_converter()
+_FIELDS = frozenset(a.name for a in attrs.fields(Envelope))
+
+
+# --- envelopes in -------------------------------------------------------------------------
+
+
+def structure_envelope(obj: Any, path: str = "$") -> Envelope:
+    """Structure one envelope in any producer dialect; InvalidEnvelope lists every bad field."""
+    envelope, errors = _structure_envelope(obj, path)
+    if errors:
+        raise InvalidEnvelope(_summary(errors), errors=errors)
+    assert envelope is not None
+    return envelope
+
+
+def _summary(errors: list[FieldError]) -> str:
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{first.path}: {first.message}{more}"
+
+
+def _structure_envelope(obj: Any, path: str) -> tuple[Envelope | None, list[FieldError]]:
+    if type(obj) is not dict:
+        return None, [FieldError(path, "must be a JSON object")]
+    data = {k: v for k, v in obj.items() if k in _FIELDS}
+    wire = {}  # canonical field -> the name the client used, for error paths
+    errors = []
+    for alias, canonical in ALIASES.items():
+        if alias not in obj:
+            continue
+        if canonical in obj:
+            if not same_json(obj[canonical], obj[alias]):
+                errors.append(
+                    FieldError(
+                        f"{path}.{alias}",
+                        f"conflicting fields: {alias!r} and {canonical!r} differ",
+                    )
+                )
+        else:
+            data[canonical] = obj[alias]
+            wire[canonical] = alias
+    try:
+        envelope = converter.structure(data, Envelope)
+    except ClassValidationError as exc:
+        errors.extend(_field_errors(exc, path, wire))
+        envelope = None
+    if errors:
+        return None, errors
+    return envelope, []
+
+
+def _field_errors(exc: BaseException, path: str, wire: dict[str, str]) -> list[FieldError]:
+    """Flatten cattrs' exception groups into wire-named paths."""
+    if isinstance(exc, ClassValidationError):
+        noted, other = exc.group_exceptions()
+        out = [FieldError(path, str(e)) for e in other]
+        for sub, note in noted:
+            out += _field_errors(sub, f"{path}.{wire.get(note.name, note.name)}", {})
+        return out
+    if isinstance(exc, IterableValidationError):
+        noted, other = exc.group_exceptions()
+        out = [FieldError(path, str(e)) for e in other]
+        for sub, note in noted:
+            out += _field_errors(sub, f"{path}[{note.index}]", {})
+        return out
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [FieldError(path, str(exc))]
+    if isinstance(exc, KeyError):
+        return [FieldError(path, "is required")]
+    return [FieldError(path, str(exc))]

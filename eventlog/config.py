@@ -1,0 +1,139 @@
+"""Settings: one attrs class, loaded from defaults < TOML file < EVENTLOG_* variables < flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from cattrs.errors import ClassValidationError
+
+from .codec import converter
+
+
+class ConfigError(Exception):
+    """A setting is unknown or has a bad value; the message names it."""
+
+
+def _between(low: float, high: float) -> Any:
+    def check(_: Any, attribute: attrs.Attribute, value: float) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"{attribute.name} must be between {low} and {high}, not {value}")
+
+    return check
+
+
+def _one_of(*choices: str) -> Any:
+    def check(_: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value.upper() not in choices:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}, not {value!r}")
+
+    return check
+
+
+MIB = 1024 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Every setting, with its default; config/eventlog.toml documents each one."""
+
+    dsn: str = "sqlite:///var/eventlog.db"
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=_between(0, 65535))
+    node_id: int = attrs.field(default=0, validator=_between(0, 1023))
+    migrate_on_start: bool = True
+    max_body_bytes: int = attrs.field(default=MIB, validator=_between(1024, 1024 * MIB))
+    writer_queue_size: int = attrs.field(default=10_000, validator=_between(1, 10_000_000))
+    writer_max_batch: int = attrs.field(default=1_000, validator=_between(1, 100_000))
+    sqlite_synchronous: str = attrs.field(default="FULL", validator=_one_of("FULL", "EXTRA", "NORMAL"))
+    pg_pool_min: int = attrs.field(default=1, validator=_between(0, 1000))
+    pg_pool_max: int = attrs.field(default=10, validator=_between(1, 1000))
+    db_connect_timeout: float = attrs.field(default=5.0, validator=_between(0.1, 600))
+    db_command_timeout: float = attrs.field(default=30.0, validator=_between(0.1, 3600))
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_between(0, 3600))
+    log_level: str = attrs.field(
+        default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+    def store_options(self) -> dict[str, Any]:
+        """Keyword arguments for the backend the DSN names."""
+        if self.dsn.startswith("sqlite:"):
+            return {"synchronous": self.sqlite_synchronous}
+        return {
+            "pool_min": self.pg_pool_min,
+            "pool_max": self.pg_pool_max,
+            "connect_timeout": self.db_connect_timeout,
+            "command_timeout": self.db_command_timeout,
+        }
+
+
+FIELDS = {a.name: a for a in attrs.fields(Settings)}
+ENV_PREFIX = "EVENTLOG_"
+
+
+def _from_env_text(name: str, text: str) -> Any:
+    """Environment variables are strings; read them as the setting's type."""
+    kind = FIELDS[name].type
+    try:
+        if kind == "bool":
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a valid {kind}") from None
+    return text
+
+
+def load_settings(
+    config_path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the sources in order of precedence; ConfigError names the first bad key."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = config_path or env.get(f"{ENV_PREFIX}CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                from_file = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        unknown = sorted(set(from_file) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r} in {path}")
+        data.update(from_file)
+    for name in FIELDS:
+        text = env.get(ENV_PREFIX + name.upper())
+        if text is not None:
+            data[name] = _from_env_text(name, text)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        settings = converter.structure(data, Settings)
+    except ClassValidationError as exc:
+        raise ConfigError("; ".join(_messages(exc))) from None
+    except ValueError as e:  # a validator
+        raise ConfigError(str(e)) from None
+    if settings.pg_pool_min > settings.pg_pool_max:
+        raise ConfigError("pg_pool_min must not exceed pg_pool_max")
+    if not settings.dsn.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(f"dsn must be sqlite:///path or postgresql://…, not {settings.dsn!r}")
+    return settings
+
+
+def _messages(exc: ClassValidationError) -> list[str]:
+    noted, other = exc.group_exceptions()
+    return [f"{note.name}: {sub}" for sub, note in noted] + [str(e) for e in other]

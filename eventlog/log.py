@@ -1,0 +1,98 @@
+"""EventLog: the one in-process API for ingest and reads; the HTTP views are a skin over it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from .codec import structure_envelope
+from .config import Settings
+from .envelope import Envelope, Event
+from .ids import SnowflakeGenerator
+from .ingest import Appended, Writer, normalise, now
+from .problems import DatabaseUnavailable, NotFound
+from .storage.base import EventStore, Page, StoreError, open_store
+
+log = logging.getLogger("eventlog")
+
+T = TypeVar("T")
+
+
+class SchemaNotCurrent(Exception):
+    """The database lacks migrations and migrate_on_start is off."""
+
+
+class EventLog:
+    """An event log on one store: append events, read them back.
+
+    Use ``async with EventLog(settings) as log`` (or ``start``/``close``).
+    """
+
+    def __init__(self, settings: Settings, *, store: EventStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.dsn, **settings.store_options())
+        self.ids = SnowflakeGenerator(settings.node_id)
+        self.writer = Writer(
+            self.store, queue_size=settings.writer_queue_size, max_batch=settings.writer_max_batch
+        )
+
+    async def start(self) -> None:
+        """Open the store, bring its schema up to date (unless configured off), start the writer."""
+        await self.store.open()
+        try:
+            if self.settings.migrate_on_start:
+                for name in await self.store.migrate():
+                    log.info("applied migration %s", name)
+            elif pending := await self.store.pending_migrations():
+                raise SchemaNotCurrent(
+                    f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`"
+                )
+        except BaseException:
+            await self.store.close()
+            raise
+        self.writer.start()
+
+    async def close(self) -> None:
+        """Commit what is queued, then close the store."""
+        try:
+            await self.writer.stop()
+        finally:
+            await self.store.close()
+
+    async def __aenter__(self) -> EventLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def append(self, envelope: Envelope | dict[str, Any]) -> Appended:
+        """Validate, normalise and durably append one event; a retry is reported as duplicate."""
+        if not isinstance(envelope, Envelope):
+            envelope = structure_envelope(envelope)
+        event = normalise(envelope, self.ids, now())
+        (appended,) = await self.writer.submit([event])
+        return appended
+
+    async def get(self, event_id: int, execution_id: int | None = None) -> Event:
+        """The event with this id; NotFound when there is none."""
+        event = await _reading(lambda: self.store.get(event_id, execution_id))
+        if event is None:
+            raise NotFound(f"no event with id {event_id}")
+        return event
+
+    async def page(self, page: Page) -> list[Event]:
+        """One page of an execution's events in seq order."""
+        return await _reading(lambda: self.store.page(page))
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless the store answers."""
+        await _reading(self.store.ping)
+
+
+async def _reading(call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except StoreError as e:
+        raise DatabaseUnavailable(str(e), headers={"Retry-After": "1"}) from e

@@ -1,0 +1,124 @@
+"""Problem details (RFC 9457): the error type, its stable codes, and the one error middleware."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import attrs
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("eventlog")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@attrs.frozen
+class FieldError:
+    """One invalid field: where it is (wire names, JSONPath-like) and what is wrong with it."""
+
+    path: str
+    message: str
+
+
+class Problem(Exception):
+    """An error a client can act on; the same object travels through the library API and HTTP."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The problem document."""
+        doc: dict[str, Any] = {
+            "type": f"urn:eventlog:problem:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.errors is not None:
+            doc["errors"] = [{"path": e.path, "message": e.message} for e in self.errors]
+        return doc
+
+
+def _problem(status: int, code: str, title: str) -> type[Problem]:
+    return type(
+        "".join(w.title() for w in code.split("_")),
+        (Problem,),
+        {"status": status, "code": code, "title": title, "__doc__": title + "."},
+    )
+
+
+InvalidJson = _problem(400, "invalid_json", "The body is not valid JSON")
+EmptyBody = _problem(400, "empty_body", "The body is empty")
+InvalidParameter = _problem(400, "invalid_parameter", "A query or path parameter is invalid")
+Unauthorized = _problem(401, "unauthorized", "Credentials are required")
+Forbidden = _problem(403, "forbidden", "These credentials do not allow this request")
+NotFound = _problem(404, "not_found", "No such resource")
+MethodNotAllowed = _problem(405, "method_not_allowed", "Method not allowed")
+EventConflict = _problem(409, "event_conflict", "Another event is stored under this key")
+BodyTooLarge = _problem(413, "body_too_large", "The body is larger than allowed")
+UnsupportedMediaType = _problem(415, "unsupported_media_type", "Unsupported media type")
+InvalidEnvelope = _problem(422, "invalid_envelope", "The event envelope is invalid")
+Overloaded = _problem(503, "overloaded", "The service is overloaded")
+DatabaseUnavailable = _problem(503, "db_unavailable", "The database is unavailable")
+InternalError = _problem(500, "internal_error", "Internal error")
+
+
+def problem_response(problem: Problem) -> web.Response:
+    """The HTTP reply for ``problem``."""
+    headers = dict(problem.headers)
+    if problem.status == 503:
+        headers.setdefault("Retry-After", "1")
+    return web.Response(
+        body=orjson.dumps(problem.to_dict()),
+        status=problem.status,
+        content_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> Problem:
+    """aiohttp raises these itself (unknown route, wrong method, oversized body)."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return BodyTooLarge(exc.text or "request body too large")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no route matches this path")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"allowed: {allowed}", headers={"Allow": allowed})
+    problem = Problem(exc.reason)
+    problem.status = exc.status  # type: ignore[misc]
+    problem.code = exc.reason.lower().replace(" ", "_").replace("-", "_")  # type: ignore[misc]
+    problem.title = exc.reason  # type: ignore[misc]
+    return problem
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn every error into problem+json; an unexpected exception is logged and becomes a 500."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_from_http_exception(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(InternalError("an unexpected error occurred; it has been logged"))

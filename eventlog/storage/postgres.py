@@ -1,0 +1,272 @@
+"""The PostgreSQL backend (asyncpg): a connection pool; batches go in one round trip."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..envelope import Defaulted, Event, NewEvent
+from .base import (
+    EventStore,
+    Key,
+    Page,
+    StoreError,
+    StoreUnavailable,
+    ValueNotStorable,
+    WriteTransaction,
+    load_migrations,
+)
+
+_COLUMNS = (
+    "seq, execution_id, event_id, step, event_type, status, payload::text, meta::text, "
+    "worker_id, result_kind, result_uri, event_ids::text, actionable, informative, created_at, "
+    "ingested_at, defaulted"
+)
+
+# One statement appends a whole batch from parallel arrays, then moves the head; the head row
+# is already locked by this transaction (see transaction()).
+_INSERT = """
+WITH ins AS (
+    INSERT INTO events (seq, execution_id, event_id, step, event_type, status, payload, meta,
+                        worker_id, result_kind, result_uri, event_ids, actionable, informative,
+                        created_at, ingested_at, defaulted)
+    SELECT seq, execution_id, event_id, step, event_type, status, payload::json, meta::json,
+           worker_id, result_kind, result_uri, event_ids::json, actionable, informative,
+           created_at, $16, defaulted
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::boolean[], $14::boolean[], $15::timestamptz[], $17::smallint[])
+         AS t(seq, execution_id, event_id, step, event_type, status, payload, meta, worker_id,
+              result_kind, result_uri, event_ids, actionable, informative, created_at, defaulted)
+)
+UPDATE eventlog_head SET last_seq = $18 WHERE id = 1
+"""
+
+_MIGRATION_LOCK = 0x6576656E746C6F67  # pg_advisory_lock key: "eventlog" in ASCII
+
+# Errors that mean "cannot talk to the database now" rather than "this request is wrong".
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.QueryCanceledError,
+    TimeoutError,
+)
+
+
+def _event(row: asyncpg.Record) -> Event:
+    return Event(
+        seq=row[0],
+        execution_id=row[1],
+        event_id=row[2],
+        step=row[3],
+        event_type=row[4],
+        status=row[5],
+        payload_json=row[6],
+        meta_json=row[7],
+        worker_id=row[8],
+        result_kind=row[9],
+        result_uri=row[10],
+        event_ids=None if row[11] is None else tuple(orjson.loads(row[11])),
+        actionable=row[12],
+        informative=row[13],
+        created_at=row[14],
+        ingested_at=row[15],
+        defaulted=Defaulted(row[16]),
+    )
+
+
+@contextlib.contextmanager
+def _translated() -> Any:
+    try:
+        yield
+    except _UNAVAILABLE as e:
+        raise StoreUnavailable(f"postgresql: {e}") from e
+    except (asyncpg.DataError, asyncpg.UntranslatableCharacterError) as e:
+        raise ValueNotStorable(f"postgresql: {e}") from e
+    except asyncpg.PostgresError as e:
+        raise StoreError(f"postgresql: {e}") from e
+
+
+class _Transaction(WriteTransaction):
+    def __init__(self, conn: asyncpg.Connection, head: int) -> None:
+        self._conn = conn
+        self._head = head
+
+    async def find(self, keys: Sequence[Key]) -> dict[Key, Event]:
+        if not keys:
+            return {}
+        with _translated():
+            rows = await self._conn.fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
+                "(SELECT * FROM unnest($1::bigint[], $2::bigint[]))",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
+        events = (_event(r) for r in rows)
+        return {e.key: e for e in events}
+
+    async def insert(self, events: Sequence[NewEvent]) -> list[Event]:
+        if not events:
+            return []
+        now = datetime.now(UTC)
+        stored = [Event.stored(e, self._head + i, now) for i, e in enumerate(events, 1)]
+        self._head += len(stored)
+        ids = [e.event_ids for e in stored]
+        with _translated():
+            await self._conn.execute(
+                _INSERT,
+                [e.seq for e in stored],
+                [e.execution_id for e in stored],
+                [e.event_id for e in stored],
+                [e.step for e in stored],
+                [e.event_type for e in stored],
+                [e.status for e in stored],
+                [e.payload_json for e in stored],
+                [e.meta_json for e in stored],
+                [e.worker_id for e in stored],
+                [e.result_kind for e in stored],
+                [e.result_uri for e in stored],
+                [None if i is None else orjson.dumps(i).decode() for i in ids],
+                [e.actionable for e in stored],
+                [e.informative for e in stored],
+                [e.created_at for e in stored],
+                now,
+                [int(e.defaulted) for e in stored],
+                self._head,
+            )
+        return stored
+
+
+class PostgresStore(EventStore):
+    """Events in PostgreSQL through an asyncpg pool."""
+
+    backend = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+    ) -> None:
+        self.dsn = dsn
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        with _translated():
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+            )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        return self._pool
+
+    async def migrate(self) -> list[str]:
+        done = []
+        with _translated():
+            async with self.pool.acquire() as conn:
+                # Instances starting together take turns; the second finds nothing to do.
+                await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+                try:
+                    applied = await self._applied(conn, create=True)
+                    for m in load_migrations(self.backend):
+                        if m.version in applied:
+                            continue
+                        async with conn.transaction():
+                            await conn.execute(m.sql)
+                            await conn.execute(
+                                "INSERT INTO eventlog_migrations (version, name) VALUES ($1, $2)",
+                                m.version,
+                                m.name,
+                            )
+                        done.append(f"{m.version:04d}_{m.name}")
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return done
+
+    @staticmethod
+    async def _applied(conn: asyncpg.Connection, *, create: bool) -> set[int]:
+        if create:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS eventlog_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        elif await conn.fetchval("SELECT to_regclass('eventlog_migrations')") is None:
+            return set()
+        return {r[0] for r in await conn.fetch("SELECT version FROM eventlog_migrations")}
+
+    async def pending_migrations(self) -> list[str]:
+        with _translated():
+            async with self.pool.acquire() as conn:
+                applied = await self._applied(conn, create=False)
+        return [
+            f"{m.version:04d}_{m.name}"
+            for m in load_migrations(self.backend)
+            if m.version not in applied
+        ]
+
+    async def ping(self) -> None:
+        with _translated():
+            await self.pool.fetchval("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[WriteTransaction]:
+        with _translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                # The head row lock serialises every writer of this database, in this process
+                # or another, until commit: seq values are taken in commit order, and find()
+                # (a later statement under READ COMMITTED) sees every earlier commit.
+                head = await conn.fetchval(
+                    "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+                )
+                yield _Transaction(conn, head)
+
+    async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:
+        sql = f"SELECT {_COLUMNS} FROM events WHERE event_id = $1"
+        args: tuple[int, ...] = (event_id,)
+        if execution_id is not None:
+            sql += " AND execution_id = $2"
+            args += (execution_id,)
+        with _translated():
+            row = await self.pool.fetchrow(sql + " ORDER BY seq LIMIT 1", *args)
+        return None if row is None else _event(row)
+
+    async def page(self, page: Page) -> list[Event]:
+        op, order = ("<", "DESC") if page.descending else (">", "ASC")
+        sql = f"SELECT {_COLUMNS} FROM events WHERE execution_id = $1"
+        args: tuple[int, ...] = (page.execution_id,)
+        if page.after is not None:
+            sql += f" AND seq {op} $2"
+            args += (page.after,)
+        with _translated():
+            rows = await self.pool.fetch(
+                f"{sql} ORDER BY seq {order} LIMIT ${len(args) + 1}", *args, page.limit
+            )
+        return [_event(r) for r in rows]
