@@ -57,6 +57,15 @@ class Settings:
     log_level: str = attrs.field(
         default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    # Bearer tokens. None configured: no access control. A write token may also read.
+    write_tokens: list[str] = attrs.field(factory=list)
+    read_tokens: list[str] = attrs.field(factory=list)
+    open_paths: list[str] = attrs.field(factory=lambda: ["/health"])
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need a bearer token."""
+        return bool(self.write_tokens or self.read_tokens)
 
     def store_options(self) -> dict[str, Any]:
         """Keyword arguments for the backend the DSN names."""
@@ -89,6 +98,8 @@ def _from_env_text(name: str, text: str) -> Any:
             return int(text)
         if kind == "float":
             return float(text)
+        if kind == "list[str]":
+            return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a valid {kind}") from None
     return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any, ClassVar
 
@@ -106,6 +107,35 @@ def _from_http_exception(exc: web.HTTPException) -> Problem:
     problem.code = exc.reason.lower().replace(" ", "_").replace("-", "_")  # type: ignore[misc]
     problem.title = exc.reason  # type: ignore[misc]
     return problem
+
+
+def bearer_auth_middleware(
+    write_tokens: list[str], read_tokens: list[str], open_paths: list[str]
+) -> Any:
+    """Require a bearer token: a write token for POST, a read or write token for the rest."""
+    writers = [t.encode() for t in write_tokens]
+    readers = writers + [t.encode() for t in read_tokens]
+
+    def known(token: bytes, tokens: list[bytes]) -> bool:
+        # Compare against every token, in constant time, so timing tells nothing.
+        return sum(hmac.compare_digest(token, t) for t in tokens) > 0
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in open_paths:
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized(
+                "send Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="eventlog"'},
+            )
+        allowed = writers if request.method not in ("GET", "HEAD", "OPTIONS") else readers
+        if not known(token.strip().encode(), allowed):
+            raise Forbidden("this token may not make this request")
+        return await handler(request)
+
+    return auth
 
 
 @web.middleware

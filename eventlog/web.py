@@ -12,7 +12,13 @@ from aiohttp import web
 from .codec import MAX_ID, converter, loads, structure_envelope
 from .config import Settings
 from .log import EventLog
-from .problems import FieldError, InvalidParameter, UnsupportedMediaType, problem_middleware
+from .problems import (
+    FieldError,
+    InvalidParameter,
+    UnsupportedMediaType,
+    bearer_auth_middleware,
+    problem_middleware,
+)
 from .storage.base import Page
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -24,7 +30,12 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 
 def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.Application:
     """The aiohttp application; the store is opened on startup and closed on cleanup."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    middlewares = [problem_middleware]
+    if settings.auth_enabled:
+        middlewares.append(
+            bearer_auth_middleware(settings.write_tokens, settings.read_tokens, settings.open_paths)
+        )
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
