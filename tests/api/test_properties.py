@@ -1,0 +1,199 @@
+"""Property-based: thousands of generated bodies per backend — valid, nearly valid and garbage.
+
+No body may produce a 5xx; every valid body must read back equal to what was sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .helpers import assert_reads_back
+
+EXAMPLES = 700  # per test; three tests, so 2,100 bodies per backend
+PROPERTY = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+JSON_HEADERS = {"Content-Type": "application/json"}
+_ids = itertools.count(10_000_000)
+
+odd_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("\x00\u202e\ufeff𝄞\u2028\x7f"),
+    max_size=30,
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.sampled_from([2**63 - 1, -(2**63), 2**64 - 1, 2**64, 0, -0])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | odd_text
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(odd_text, inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@st.composite
+def deeply_nested(draw: st.DrawFn) -> Any:
+    """A value nested hundreds of levels deep."""
+    depth = draw(st.integers(min_value=50, max_value=400))
+    value: Any = draw(scalars)
+    for _ in range(depth):
+        value = [value] if draw(st.booleans()) else {"k": value}
+    return value
+
+
+def _id(value: int, as_text: bool) -> int | str:
+    return str(value) if as_text else value
+
+
+non_empty_text = odd_text.filter(lambda s: s and "\x00" not in s)
+offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
+timestamps = st.builds(
+    lambda moment, tz, zulu: moment.replace(tzinfo=tz).isoformat().replace("+00:00", zulu),
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
+    offsets,
+    st.sampled_from(["Z", "+00:00", "z"]),
+)
+
+
+@st.composite
+def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """An envelope any producer might send: either name for each aliased field, any subset of
+    the optional ones, ids as integers or strings. Keys are unique per example."""
+    body: dict[str, Any] = {"execution_id": _id(next(_ids), draw(st.booleans()))}
+    body[draw(st.sampled_from(["step", "node_name"]))] = draw(non_empty_text)
+    body[draw(st.sampled_from(["event_type", "name"]))] = draw(
+        non_empty_text | st.sampled_from(["step.enter", "call.done", "command.failed"])
+    )
+    optional = {
+        "payload": json_values | deeply_nested(),
+        "context": json_values,
+        "meta": st.none() | st.dictionaries(odd_text, json_values, max_size=4),
+        "worker_id": st.none() | non_empty_text,
+        "result_kind": st.sampled_from(["data", "ref", "refs"]),
+        "result_uri": st.none() | non_empty_text,
+        "event_ids": st.none()
+        | st.lists(st.integers(0, 2**63 - 1).flatmap(lambda i: st.sampled_from([i, str(i)]))),
+        "actionable": st.booleans(),
+        "informative": st.booleans(),
+        "event_id": st.booleans().map(lambda t: _id(next(_ids), t)),
+        "status": st.from_regex(r"[A-Za-z][A-Za-z_]{0,31}", fullmatch=True),
+        "created_at": timestamps,
+        "unknown_field": json_values,
+    }
+    for name in draw(st.sets(st.sampled_from(sorted(optional)))):
+        if {name, "context", "payload"} == {"context", "payload"} and body.keys() & {"context", "payload"}:
+            continue  # one of the two names only (both at once is tested with equal values elsewhere)
+        body[name] = draw(optional[name])
+    return body
+
+
+WRONG = {
+    "execution_id": st.sampled_from([0, -1, 2**63, 1.5, True, "12a", "", [1], {}, None]),
+    "step": st.sampled_from([1, "", None, [], {"a": 1}, "a\x00"]),
+    "event_type": st.sampled_from([2, "", True, ["x"]]),
+    "actionable": st.sampled_from(["yes", 1, 0, "true", [True]]),
+    "informative": st.sampled_from(["no", 2, {}]),
+    "created_at": st.sampled_from(
+        ["2026-05-31T10:00:00", "yesterday", 0, "2026-13-01T00:00:00Z", "2026-05-31T25:00:00Z"]
+    ),
+    "status": st.sampled_from(["two words", "1A", "", 5, "Ä"]),
+    "event_id": st.sampled_from([-1, 2**63, 1.0, "1e3", [1]]),
+    "event_ids": st.sampled_from(["1", [1.5], [None], {"a": 1}, [-1]]),
+    "meta": st.sampled_from([[], "m", 3, True]),
+    "result_kind": st.sampled_from(["blob", 1, "DATA"]),
+    "worker_id": st.sampled_from([1, [], {}]),
+}
+
+
+@st.composite
+def nearly_valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid envelope with one field wrong, or a legacy alias that disagrees with its twin."""
+    body = draw(valid_bodies())
+    if draw(st.booleans()):
+        field = draw(st.sampled_from(sorted(WRONG)))
+        for alias, canonical in (("name", "event_type"), ("node_name", "step")):
+            if field == canonical:
+                body.pop(alias, None)
+        body[field] = draw(WRONG[field])
+    else:
+        canonical, alias = draw(st.sampled_from([("event_type", "name"), ("step", "node_name")]))
+        body[canonical], body[alias] = "one", "two"
+    return body
+
+
+def _encode(body: Any, ascii_only: bool) -> bytes:
+    return json.dumps(body, ensure_ascii=ascii_only).encode()
+
+
+garbage = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.sampled_from(
+        [b'"\\ud800"', b'{"execution_id": 1, "step": "\\udc00", "name": "x"}', b"[" * 5000,
+         b'{"a": 1e400}', b"NaN", b"\xef\xbb\xbf{}", b"{" + b'"a":' * 3000, b"1" * 10000]
+    ),
+)
+
+
+async def _post(client: Any, body: bytes) -> Any:
+    reply = await client.post("/api/events", data=body, headers=JSON_HEADERS)
+    assert reply.status < 500, await reply.text()
+    return reply
+
+
+@PROPERTY
+@given(body=valid_bodies(), ascii_only=st.booleans())
+async def test_valid_bodies_are_stored_and_read_back_equal(client, body, ascii_only):
+    """Every valid body: 200, and every field it sent reads back equal."""
+    reply = await _post(client, _encode(body, ascii_only))
+    assert reply.status == 200, await reply.text()
+    event_id = (await reply.json())["event_id"]
+    got = await client.get(
+        f"/api/events/{event_id}", params={"execution_id": str(body["execution_id"])}
+    )
+    assert_reads_back(body, await got.json())
+
+
+@PROPERTY
+@given(body=nearly_valid_bodies())
+async def test_nearly_valid_bodies_are_422(client, body):
+    """One wrong field: a 422 problem naming a field, never stored, never a 5xx."""
+    reply = await _post(client, _encode(body, True))
+    assert reply.status == 422, await reply.text()
+    assert (await reply.json())["errors"]
+
+
+@PROPERTY
+@given(body=garbage)
+async def test_garbage_never_causes_a_server_error(client, body):
+    """Arbitrary bytes and JSON: any 4xx, never a 5xx."""
+    reply = await _post(client, body)
+    if reply.status >= 400:
+        assert reply.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("depth", [100, 254, 255, 600, 1023, 5000])
+async def test_deep_nesting_is_stored_or_refused_cleanly(client, depth):
+    """Deep payloads are stored and read back, or refused with 400/422 — never a 5xx."""
+    nested = b"[" * depth + b'"leaf"' + b"]" * depth
+    body = b'{"execution_id": %d, "event_type": "x", "step": "s", "payload": %s}' % (next(_ids), nested)
+    reply = await _post(client, body)
+    if reply.status == 200:
+        event_id = (await reply.json())["event_id"]
+        text = await (await client.get(f"/api/events/{event_id}")).read()
+        assert b'"payload":' + nested + b"," in text
+    else:
+        assert reply.status in (400, 422)
