@@ -116,6 +116,8 @@ async def _migrate(settings: Settings) -> int:
 
 def _decode(text: str) -> int:
     try:
+        if not text.isascii() or not text.isdigit():
+            raise ValueError(text)
         parts = decode(int(text))
     except ValueError:
         print(f"eventlog: {text!r} is not a 64-bit snowflake id", file=sys.stderr)

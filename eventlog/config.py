@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,28 +81,32 @@ class Settings:
 
 
 FIELDS = {a.name: a for a in attrs.fields(Settings)}
+# Resolved once: cattrs later replaces the string annotations on the class itself.
+_TYPES = typing.get_type_hints(Settings)
 ENV_PREFIX = "EVENTLOG_"
 
 
 def _from_env_text(name: str, text: str) -> Any:
     """Environment variables are strings; read them as the setting's type."""
-    kind = FIELDS[name].type
+    kind = _TYPES[name]
     try:
-        if kind == "bool":
+        if kind is bool:
             lowered = text.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(text)
-        if kind == "int":
+        if kind is int:
             return int(text)
-        if kind == "float":
+        if kind is float:
             return float(text)
-        if kind == "list[str]":
+        if kind == list[str]:
             return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a valid {kind}") from None
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={text!r} is not a valid {kind.__name__}"
+        ) from None
     return text
 
 

@@ -1,0 +1,140 @@
+"""The command line, run as real processes: ids decode, migrate, serve's settings, --help."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from eventlog.storage.base import load_migrations
+
+pytestmark = pytest.mark.slow
+
+EPOCH_UNIX_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z (CONTRACT §3)
+
+
+def _compose(offset_ms: int, node_id: int, sequence: int) -> int:
+    """A snowflake id built by hand from the layout in CONTRACT §3."""
+    return (offset_ms << 22) | (node_id << 12) | sequence
+
+
+def _lines(text: str) -> dict[str, str]:
+    return dict(line.split(None, 1) for line in text.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize(
+    ("moment", "node_id", "sequence"),
+    [
+        (datetime(2026, 5, 31, 10, 0, 0, 123_000, tzinfo=UTC), 517, 4000),
+        (datetime(2024, 1, 1, tzinfo=UTC), 0, 0),
+        (datetime(2031, 12, 24, 23, 59, 59, 999_000, tzinfo=UTC), 1023, 4095),
+    ],
+)
+def test_ids_decode_prints_the_timestamp_node_and_sequence_of_an_id(
+    run_eventlog, moment: datetime, node_id: int, sequence: int
+) -> None:
+    """`eventlog ids decode` splits a hand-built id back into its parts."""
+    unix_ms = int(moment.timestamp() * 1000)
+    event_id = _compose(unix_ms - EPOCH_UNIX_MS, node_id, sequence)
+    done = run_eventlog("ids", "decode", str(event_id))
+    assert done.returncode == 0, done.stderr
+    assert _lines(done.stdout) == {
+        "id": str(event_id),
+        "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "unix_ms": str(unix_ms),
+        "node_id": str(node_id),
+        "sequence": str(sequence),
+    }
+
+
+@pytest.mark.parametrize("text", ["abc", "12a", "1.5", "-1", str(2**63)])
+def test_ids_decode_of_a_non_id_exits_2(run_eventlog, text: str) -> None:
+    """A text that is not a 64-bit id: exit status 2, a message on stderr, nothing on stdout."""
+    done = run_eventlog("ids", "decode", text)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert text in done.stderr
+
+
+def test_migrate_applies_the_schema_once_then_reports_it_up_to_date(
+    run_eventlog, dsn: str, backend: str
+) -> None:
+    """`eventlog migrate` on an empty store applies 0001_events; a second run has nothing to do."""
+    names = [f"{m.version:04d}_{m.name}" for m in load_migrations(backend)]
+    assert names[0] == "0001_events"
+    first = run_eventlog("migrate", "--dsn", dsn)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "applied: " + ", ".join(names)
+    second = run_eventlog("migrate", "--dsn", dsn)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "the schema is up to date"
+
+
+def test_serve_with_an_unknown_key_in_the_config_file_exits_2_naming_it(
+    run_eventlog, tmp_path: Path
+) -> None:
+    """A config file with a key eventlog does not know stops `serve` before it listens."""
+    config = tmp_path / "eventlog.toml"
+    config.write_text('port = 0\nlisten_backlog = 128\ndsn = "sqlite:///events.db"\n')
+    done = run_eventlog("serve", "--config", str(config), timeout=20)
+    assert done.returncode == 2, done.stderr
+    assert "listen_backlog" in done.stderr
+    assert "listening" not in done.stderr
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_serve_port_flag_wins_over_eventlog_port(start_server, tmp_path: Path) -> None:
+    """--port beats EVENTLOG_PORT: the server listens on the flag's port."""
+    flag_port, env_port = _free_ports(2)
+    server = start_server(
+        f"sqlite:///{tmp_path}/events.db",
+        args=("--port", str(flag_port)),
+        env={"EVENTLOG_PORT": str(env_port)},
+    )
+    assert server.url == f"http://127.0.0.1:{flag_port}", server.log()
+
+
+def test_serve_takes_its_port_from_eventlog_port_without_the_flag(
+    start_server, tmp_path: Path
+) -> None:
+    """Without --port, EVENTLOG_PORT is used (so the precedence test above can fail)."""
+    (env_port,) = _free_ports(1)
+    server = start_server(
+        f"sqlite:///{tmp_path}/events.db", args=(), env={"EVENTLOG_PORT": str(env_port)}
+    )
+    assert server.port == env_port, server.log()
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+@pytest.mark.parametrize("bad_dsn", ["mysql://localhost/events", "events.db", "sqlite:events.db"])
+def test_a_dsn_with_an_unsupported_scheme_exits_2(run_eventlog, command: str, bad_dsn: str) -> None:
+    """A DSN that is neither sqlite:/// nor postgresql:// is a configuration error (exit 2)."""
+    done = run_eventlog(command, "--dsn", bad_dsn, timeout=20)
+    assert done.returncode == 2, done.stderr
+    assert "dsn" in done.stderr
+    assert bad_dsn in done.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["ids", "decode", "--help"]])
+def test_console_script_and_python_m_print_the_same_help(run_eventlog, args: list[str]) -> None:
+    """The `eventlog` console script and `python -m eventlog` are the same program."""
+    script = Path(sys.executable).parent / "eventlog"
+    assert script.is_file(), f"no console script next to {sys.executable}"
+    via_module = run_eventlog(*args)
+    via_script = run_eventlog(*args, command=[str(script)])
+    assert via_module.returncode == via_script.returncode == 0, via_module.stderr + via_script.stderr
+    assert via_module.stdout.startswith("usage: eventlog")
+    assert via_script.stdout == via_module.stdout
