@@ -50,8 +50,10 @@ ALIASES = {"name": "event_type", "node_name": "step", "context": "payload"}
 # --- JSON ---------------------------------------------------------------------------------
 
 # orjson reads integers past 64 bits as floats, silently; a body with such a long digit run
-# goes through the standard library instead, which keeps every integer exact.
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+# goes through the standard library instead, which keeps every integer exact. (Mapping every
+# digit to 0 and searching for twenty zeros is ten times faster than a regex here.)
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY_DIGITS = b"0" * 20
 
 
 def _reject_constant(name: str) -> Any:
@@ -69,7 +71,7 @@ def loads(data: bytes) -> Any:
     """Parse a JSON document; raise EmptyBody or InvalidJson (400) when it is not one."""
     if not data.strip():
         raise EmptyBody("the request body is empty; send one JSON document")
-    if _LONG_DIGITS.search(data) is None:
+    if _TWENTY_DIGITS not in data.translate(_DIGITS_TO_ZERO):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as e:
@@ -80,6 +82,25 @@ def loads(data: bytes) -> Any:
         )
     except (ValueError, RecursionError) as e:
         raise InvalidJson(f"the body is not valid JSON: {str(e)[:200]}") from None
+
+
+def loads_ndjson(data: bytes) -> tuple[list[Any], list[int]]:
+    """One JSON document per line (blank lines skipped), with the line numbers they came from;
+    InvalidJson names every bad line."""
+    values, numbers, errors = [], [], []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            values.append(loads(line))
+            numbers.append(number)
+        except InvalidJson as e:
+            errors.append(FieldError(f"line {number}", e.detail.removeprefix("the body is ")))
+    if errors:
+        raise InvalidJson(f"{len(errors)} line(s) are not valid JSON", errors=errors)
+    if not values:
+        raise EmptyBody("the request body holds no events")
+    return values, numbers
 
 
 def dumps(value: Any) -> bytes:
@@ -339,3 +360,55 @@ def _field_errors(exc: BaseException, path: str, wire: dict[str, str]) -> list[F
     if isinstance(exc, KeyError):
         return [FieldError(path, "is required")]
     return [FieldError(path, str(exc))]
+
+
+@attrs.frozen
+class _BatchHeader:
+    """The NoETL batch object's own fields; its items inherit them."""
+
+    execution_id: ExecutionId | None = None
+    worker_id: Text | None = None
+
+
+def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelope]:
+    """Structure a batch in any of its forms; InvalidEnvelope lists every bad item and field.
+
+    Forms: NoETL's ``{"execution_id", "worker_id"?, "events": [...]}`` (items inherit the two
+    fields), a JSON array of envelopes, or NDJSON: the parsed lines with their ``lines``
+    numbers, so that errors read ``line 4: $.step``.
+    """
+    inherited: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    if type(data) is dict:
+        prefix = "$.events"
+        items = data.get("events")
+        try:
+            header = converter.structure(
+                {k: data[k] for k in ("execution_id", "worker_id") if k in data}, _BatchHeader
+            )
+            inherited = {k: v for k, v in attrs.asdict(header).items() if v is not None}
+        except ClassValidationError as exc:
+            errors += _field_errors(exc, "$", {})
+        if type(items) is not list:
+            errors.append(FieldError(prefix, "must be an array of events"))
+            items = []
+    elif type(data) is list:
+        prefix, items = "$", data
+    else:
+        raise InvalidEnvelope(
+            "a batch is an array of events or an object with an events array",
+            errors=[FieldError("$", "must be an array or an object with \"events\"")],
+        )
+    if not items and not errors:
+        errors.append(FieldError(prefix, "must hold at least one event"))
+    envelopes = []
+    for index, item in enumerate(items):
+        if inherited and type(item) is dict:
+            item = {**{k: v for k, v in inherited.items() if k not in item}, **item}
+        path = f"{prefix}[{index}]" if lines is None else f"line {lines[index]}: $"
+        envelope, item_errors = _structure_envelope(item, path)
+        errors += item_errors
+        envelopes.append(envelope)
+    if errors:
+        raise InvalidEnvelope(_summary(errors), errors=errors)
+    return envelopes  # type: ignore[return-value]

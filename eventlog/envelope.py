@@ -51,6 +51,7 @@ class Defaulted(enum.IntFlag):
     EVENT_ID = 1
     STATUS = 2
     CREATED_AT = 4
+    ACTIONABLE = 8  # its default depends on the route (false for batch items)
 
 
 @attrs.frozen

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
+import orjson
 
 from .codec import dumps, loads, same_json
 from .envelope import Defaulted, Envelope, Event, NewEvent
 from .ids import SnowflakeGenerator
-from .problems import DatabaseUnavailable, EventConflict, InvalidEnvelope, Overloaded, Problem
+from .problems import (
+    DatabaseUnavailable,
+    EventConflict,
+    IdempotencyConflict,
+    InvalidEnvelope,
+    Overloaded,
+)
 from .status import derive_status
-from .storage.base import EventStore, Key, StoreError, StoreUnavailable, ValueNotStorable
+from .storage.base import (
+    EventStore,
+    IdempotencyRecord,
+    Key,
+    StoreError,
+    StoreUnavailable,
+    ValueNotStorable,
+)
 
 log = logging.getLogger("eventlog.writer")
 
@@ -39,6 +55,7 @@ def normalise(
     actionable = envelope.actionable
     if actionable is None:
         actionable = not in_batch  # both NoETL servers default batch items to false
+        defaulted |= Defaulted.ACTIONABLE
     return NewEvent(
         execution_id=envelope.execution_id,
         event_id=event_id,
@@ -69,8 +86,9 @@ def _same_json_text(a: str | None, b: str | None) -> bool:
 def same_content(new: NewEvent, stored: NewEvent) -> bool:
     """Whether a retried event carries what the stored one carries (CONTRACT §6).
 
-    Every field is compared with its default filled in, except ``created_at`` when either side
-    took the server's clock: a retry without a timestamp is still the same event.
+    Every field is compared with its default filled in, except ``created_at`` and
+    ``actionable`` when either side left them to the server (its clock; the route's default):
+    a retry without a timestamp, or sent again in a batch, is still the same event.
     """
     if (
         new.step != stored.step
@@ -80,12 +98,13 @@ def same_content(new: NewEvent, stored: NewEvent) -> bool:
         or new.result_kind != stored.result_kind
         or new.result_uri != stored.result_uri
         or new.event_ids != stored.event_ids
-        or new.actionable != stored.actionable
         or new.informative != stored.informative
     ):
         return False
     either = new.defaulted | stored.defaulted
     if not either & Defaulted.CREATED_AT and new.created_at != stored.created_at:
+        return False
+    if not either & Defaulted.ACTIONABLE and new.actionable != stored.actionable:
         return False
     return _same_json_text(new.payload_json, stored.payload_json) and _same_json_text(
         new.meta_json, stored.meta_json
@@ -100,26 +119,77 @@ class Appended:
     duplicate: bool
 
 
+@attrs.frozen
+class Idempotency:
+    """A request's Idempotency-Key and the fingerprint of what it asked for."""
+
+    key: str
+    fingerprint: str
+
+
+@attrs.frozen
+class Receipt:
+    """What one request did; with an Idempotency-Key it is kept and replayed."""
+
+    request_id: str
+    event_ids: tuple[int, ...]
+    duplicates: tuple[int, ...]  # indexes of the request's events that were already stored
+    replayed: bool = False  # this is the receipt of an earlier request with the same key
+
+    def to_json(self) -> str:
+        """The receipt as stored."""
+        return orjson.dumps(
+            {"request_id": self.request_id, "event_ids": self.event_ids, "duplicates": self.duplicates}
+        ).decode()
+
+    @classmethod
+    def replay(cls, stored_json: str) -> Receipt:
+        """A stored receipt, marked as replayed."""
+        data = orjson.loads(stored_json)
+        return cls(data["request_id"], tuple(data["event_ids"]), tuple(data["duplicates"]), True)
+
+
 @attrs.define
 class _Job:
     events: Sequence[NewEvent]
-    future: asyncio.Future[list[Appended]]
+    request_id: str
+    idempotency: Idempotency | None
+    future: asyncio.Future[tuple[Receipt, list[Appended]]]
 
 
 class Writer:
     """The one owner of write transactions.
 
-    Requests queue here; the writer takes whatever is waiting (up to ``max_batch`` events) and
-    commits it in one transaction (group commit), then answers each request. A request is
-    answered only after its events are committed. The queue is bounded: when it is full,
-    ``submit`` fails at once with Overloaded rather than letting memory grow.
+    Requests queue here; the writer takes whatever is waiting (up to ``max_batch`` events, and
+    never less than one whole request) and commits it in one transaction (group commit), then
+    answers each request. A request is answered only after its events are committed. The queue
+    is bounded by the number of events waiting: past ``queue_events`` (unless the queue is
+    empty), ``submit`` fails at once with Overloaded rather than letting memory grow.
     """
 
-    def __init__(self, store: EventStore, *, queue_size: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        queue_events: int,
+        max_batch: int,
+        idempotency_ttl: float = 86_400.0,
+        purge_interval: float = 300.0,
+    ) -> None:
         self._store = store
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._queued_events = 0
+        self._queue_events = queue_events
         self._max_batch = max_batch
+        self._ttl = timedelta(seconds=idempotency_ttl)
+        self._purge_interval = purge_interval
+        self._next_purge = 0.0
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued_events(self) -> int:
+        """Events waiting for the writer."""
+        return self._queued_events
 
     def start(self) -> None:
         """Start the writer task."""
@@ -129,29 +199,41 @@ class Writer:
         """Commit everything already queued, then stop."""
         if self._task is None:
             return
-        await self._queue.put(None)
+        self._queue.put_nowait(None)
         await self._task
         self._task = None
 
-    async def submit(self, events: Sequence[NewEvent]) -> list[Appended]:
-        """Append ``events`` atomically; raises EventConflict, Overloaded or DatabaseUnavailable."""
+    async def submit(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        request_id: str,
+        idempotency: Idempotency | None = None,
+    ) -> tuple[Receipt, list[Appended]]:
+        """Append ``events`` atomically, or replay the receipt of an earlier request with the
+        same Idempotency-Key. Raises EventConflict, IdempotencyConflict, Overloaded or
+        DatabaseUnavailable."""
         if self._task is None or self._task.done():
             raise DatabaseUnavailable("the writer is not running")
-        job = _Job(events, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if self._queued_events and self._queued_events + len(events) > self._queue_events:
             raise Overloaded(
                 "too many writes are waiting; retry after the delay given in Retry-After",
                 headers={"Retry-After": "1"},
-            ) from None
+            )
+        job = _Job(events, request_id, idempotency, asyncio.get_running_loop().create_future())
+        self._queued_events += len(events)
+        self._queue.put_nowait(job)
         # If the caller goes away, its events may still be committed: a retry is idempotent.
         return await asyncio.shield(job.future)
 
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = await self._queue.get()
+            try:
+                job = await asyncio.wait_for(self._queue.get(), timeout=self._purge_interval)
+            except TimeoutError:
+                await self._purge()
+                continue
             if job is None:
                 break
             jobs, count = [job], len(job.events)
@@ -163,6 +245,20 @@ class Writer:
                 jobs.append(more)
                 count += len(more.events)
             await self._commit(jobs)
+            self._queued_events -= count
+            if time.monotonic() >= self._next_purge:
+                await self._purge()
+
+    async def _purge(self) -> None:
+        self._next_purge = time.monotonic() + self._purge_interval
+        try:
+            async with self._store.transaction() as tx:
+                purged = await tx.purge_keys(now())
+        except StoreError as e:
+            log.warning("purging expired idempotency keys failed: %s", e)
+            return
+        if purged:
+            log.info("purged %d expired idempotency keys", purged)
 
     async def _commit(self, jobs: list[_Job]) -> None:
         try:
@@ -193,13 +289,28 @@ class Writer:
             else:
                 job.future.set_result(outcome)
 
-    async def _transaction(self, jobs: list[_Job]) -> dict[int, list[Appended] | Problem]:
-        results: dict[int, list[Appended] | Problem] = {}
+    async def _transaction(self, jobs: list[_Job]) -> dict[int, Any]:
+        results: dict[int, Any] = {}
+        moment = now()
         async with self._store.transaction() as tx:
+            keys = [job.idempotency.key for job in jobs if job.idempotency]
+            records = await tx.find_keys(keys, moment) if keys else {}
             existing = await tx.find(list({e.key for job in jobs for e in job.events}))
             pending: dict[Key, NewEvent] = {}  # to insert in this transaction, in order
-            plans: list[tuple[_Job, list[tuple[Key, bool]]]] = []
+            new_records: dict[str, IdempotencyRecord] = {}
+            plans: list[tuple[_Job, Receipt, list[tuple[Key, bool]]]] = []
             for job in jobs:
+                if job.idempotency is not None:
+                    key = job.idempotency.key
+                    record = new_records.get(key) or records.get(key)
+                    if record is not None:
+                        if record.fingerprint == job.idempotency.fingerprint:
+                            results[id(job)] = (Receipt.replay(record.outcome_json), [])
+                        else:
+                            results[id(job)] = IdempotencyConflict(
+                                f"Idempotency-Key {key!r} was used for a different request"
+                            )
+                        continue
                 plan, own, conflict = [], {}, None
                 for event in job.events:
                     prior = existing.get(event.key) or own.get(event.key) or pending.get(event.key)
@@ -219,11 +330,26 @@ class Writer:
                     )
                     continue
                 pending.update(own)
-                plans.append((job, plan))
+                receipt = Receipt(
+                    job.request_id,
+                    tuple(e.event_id for e in job.events),
+                    tuple(i for i, (_, duplicate) in enumerate(plan) if duplicate),
+                )
+                if job.idempotency is not None:
+                    new_records[job.idempotency.key] = IdempotencyRecord(
+                        job.idempotency.key,
+                        job.idempotency.fingerprint,
+                        receipt.to_json(),
+                        moment,
+                        moment + self._ttl,
+                    )
+                plans.append((job, receipt, plan))
             stored = {e.key: e for e in await tx.insert(list(pending.values()))}
+            if new_records:
+                await tx.save_keys(list(new_records.values()))
         stored.update(existing)
-        for job, plan in plans:
-            results[id(job)] = [Appended(stored[key], duplicate) for key, duplicate in plan]
+        for job, receipt, plan in plans:
+            results[id(job)] = (receipt, [Appended(stored[k], dup) for k, dup in plan])
         return results
 
 

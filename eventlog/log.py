@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .codec import structure_envelope
 from .config import Settings
 from .envelope import Envelope, Event
 from .ids import SnowflakeGenerator
-from .ingest import Appended, Writer, normalise, now
+from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .problems import DatabaseUnavailable, NotFound
 from .storage.base import EventStore, Page, StoreError, open_store
 
@@ -34,7 +35,11 @@ class EventLog:
         self.store = store or open_store(settings.dsn, **settings.store_options())
         self.ids = SnowflakeGenerator(settings.node_id)
         self.writer = Writer(
-            self.store, queue_size=settings.writer_queue_size, max_batch=settings.writer_max_batch
+            self.store,
+            queue_events=settings.writer_queue_events,
+            max_batch=settings.writer_max_batch,
+            idempotency_ttl=settings.idempotency_ttl,
+            purge_interval=settings.idempotency_purge_interval,
         )
 
     async def start(self) -> None:
@@ -71,9 +76,27 @@ class EventLog:
         """Validate, normalise and durably append one event; a retry is reported as duplicate."""
         if not isinstance(envelope, Envelope):
             envelope = structure_envelope(envelope)
-        event = normalise(envelope, self.ids, now())
-        (appended,) = await self.writer.submit([event])
+        _, (appended,) = await self.ingest([envelope])
         return appended
+
+    async def ingest(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        batch: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> tuple[Receipt, list[Appended]]:
+        """Append validated envelopes in one transaction (all or none).
+
+        With ``idempotency``, a request seen before under the same key is not applied again: its
+        first receipt comes back marked ``replayed`` (and no events); another request under the
+        key raises IdempotencyConflict.
+        """
+        received_at = now()
+        events = [normalise(e, self.ids, received_at, in_batch=batch) for e in envelopes]
+        return await self.writer.submit(
+            events, request_id=uuid.uuid4().hex, idempotency=idempotency
+        )
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event:
         """The event with this id; NotFound when there is none."""

@@ -72,7 +72,11 @@ Forbidden = _problem(403, "forbidden", "These credentials do not allow this requ
 NotFound = _problem(404, "not_found", "No such resource")
 MethodNotAllowed = _problem(405, "method_not_allowed", "Method not allowed")
 EventConflict = _problem(409, "event_conflict", "Another event is stored under this key")
+IdempotencyConflict = _problem(
+    409, "idempotency_conflict", "This Idempotency-Key was used for another request"
+)
 BodyTooLarge = _problem(413, "body_too_large", "The body is larger than allowed")
+TooManyEvents = _problem(413, "too_many_events", "The batch holds more events than allowed")
 UnsupportedMediaType = _problem(415, "unsupported_media_type", "Unsupported media type")
 InvalidEnvelope = _problem(422, "invalid_envelope", "The event envelope is invalid")
 Overloaded = _problem(503, "overloaded", "The service is overloaded")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,12 +10,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .codec import MAX_ID, converter, loads, structure_envelope
+from .codec import MAX_ID, converter, loads, loads_ndjson, structure_batch, structure_envelope
 from .config import Settings
+from .ingest import Idempotency
 from .log import EventLog
 from .problems import (
+    BodyTooLarge,
     FieldError,
     InvalidParameter,
+    TooManyEvents,
     UnsupportedMediaType,
     bearer_auth_middleware,
     problem_middleware,
@@ -35,7 +39,11 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
         middlewares.append(
             bearer_auth_middleware(settings.write_tokens, settings.read_tokens, settings.open_paths)
         )
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    # aiohttp's own cap is the larger limit; each route enforces its own (read_body).
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes),
+    )
     app[SETTINGS] = settings
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -47,6 +55,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/api/events", post_event)
+    app.router.add_post("/api/events/batch", post_batch)
     app.router.add_get("/api/events/{event_id}", get_event)
     app.router.add_get("/api/executions/{execution_id}/events", get_execution_events)
     app.router.add_get("/health", health)
@@ -58,15 +67,48 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 415 for another media type (none given is read as JSON)."""
-    if "Content-Type" in request.headers:
-        mime = request.content_type
-        if mime != "application/json" and not (
-            mime.startswith("application/") and mime.endswith("+json")
-        ):
-            raise UnsupportedMediaType(f"send application/json, not {mime}")
-    return loads(await request.read())
+NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+def media_type(request: web.Request, *, ndjson: bool = False) -> str:
+    """"json" or "ndjson"; 415 for anything else (a missing Content-Type is read as JSON)."""
+    if "Content-Type" not in request.headers:
+        return "json"
+    mime = request.content_type
+    if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
+        return "json"
+    if ndjson and mime in NDJSON:
+        return "ndjson"
+    allowed = "application/json or application/x-ndjson" if ndjson else "application/json"
+    raise UnsupportedMediaType(f"send {allowed}, not {mime}")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (before reading it, when declared)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"the body is {declared} bytes; the limit here is {limit}")
+    body = await request.read()
+    if len(body) > limit:
+        raise BodyTooLarge(f"the body is {len(body)} bytes; the limit here is {limit}")
+    return body
+
+
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def idempotency(request: web.Request, body: bytes) -> Idempotency | None:
+    """The request's Idempotency-Key, with a fingerprint of what it asks for."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _KEY.fullmatch(key):
+        raise InvalidParameter(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            errors=[FieldError("$header.Idempotency-Key", "must be 1-255 visible ASCII characters")],
+        )
+    digest = hashlib.sha256(request.path.encode() + b"\n" + body).hexdigest()
+    return Idempotency(key, digest)
 
 
 def _id(text: str, where: str, *, low: int = 0) -> int:
@@ -92,14 +134,49 @@ def _query_int(request: web.Request, name: str, default: int | None, low: int, h
 
 async def post_event(request: web.Request) -> web.Response:
     """Append one event in any producer dialect (CONTRACT §1, §8)."""
-    envelope = structure_envelope(await read_json(request))
-    appended = await request.app[EVENT_LOG].append(envelope)
+    media_type(request)
+    body = await read_body(request, request.app[SETTINGS].max_body_bytes)
+    envelope = structure_envelope(loads(body))
+    receipt, appended = await request.app[EVENT_LOG].ingest(
+        [envelope], idempotency=idempotency(request, body)
+    )
     return json_response(
         {
             "status": "ok",
-            "event_id": str(appended.event.event_id),
+            "event_id": str(receipt.event_ids[0]),
             "commands_generated": 0,
-            "duplicate": appended.duplicate,
+            "duplicate": receipt.replayed or appended[0].duplicate,
+        }
+    )
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Append a batch atomically: NoETL's batch object, a JSON array, or NDJSON lines."""
+    settings = request.app[SETTINGS]
+    kind = media_type(request, ndjson=True)
+    body = await read_body(request, settings.max_batch_body_bytes)
+    lines = None
+    if kind == "ndjson":
+        data, lines = loads_ndjson(body)
+    else:
+        data = loads(body)
+    items = data.get("events") if type(data) is dict else data
+    if type(items) is list and len(items) > settings.max_batch_events:
+        raise TooManyEvents(
+            f"the batch holds {len(items)} events; the limit is {settings.max_batch_events}"
+        )
+    envelopes = structure_batch(data, lines=lines)
+    receipt, _ = await request.app[EVENT_LOG].ingest(
+        envelopes, batch=True, idempotency=idempotency(request, body)
+    )
+    return json_response(
+        {
+            "status": "ok",
+            "request_id": receipt.request_id,
+            "event_ids": [str(i) for i in receipt.event_ids],
+            "duplicates": list(receipt.duplicates),
+            "commands_generated": 0,
+            "duplicate": receipt.replayed,
         }
     )
 

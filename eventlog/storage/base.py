@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Sequence
+from datetime import datetime
 from importlib import resources
 from typing import ClassVar
 
@@ -38,6 +39,17 @@ class Page:
 
 
 @attrs.frozen
+class IdempotencyRecord:
+    """What a request with an Idempotency-Key did, kept until ``expires_at``."""
+
+    key: str
+    fingerprint: str
+    outcome_json: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@attrs.frozen
 class Migration:
     """One versioned schema change, read from ``migrations/<backend>/NNNN_name.sql``."""
 
@@ -67,6 +79,18 @@ class WriteTransaction(abc.ABC):
     @abc.abstractmethod
     async def insert(self, events: Sequence[NewEvent]) -> list[Event]:
         """Append ``events`` (keys not yet stored, no key twice) with seq in list order."""
+
+    @abc.abstractmethod
+    async def find_keys(self, keys: Sequence[str], now: datetime) -> dict[str, IdempotencyRecord]:
+        """The idempotency records among ``keys`` that have not expired at ``now``."""
+
+    @abc.abstractmethod
+    async def save_keys(self, records: Sequence[IdempotencyRecord]) -> None:
+        """Store idempotency records, replacing expired ones under the same key."""
+
+    @abc.abstractmethod
+    async def purge_keys(self, now: datetime) -> int:
+        """Delete idempotency records expired at ``now``; returns how many."""
 
 
 class EventStore(abc.ABC):

@@ -13,6 +13,7 @@ import orjson
 from ..envelope import Defaulted, Event, NewEvent
 from .base import (
     EventStore,
+    IdempotencyRecord,
     Key,
     Page,
     StoreError,
@@ -144,6 +145,36 @@ class _Transaction(WriteTransaction):
                 self._head,
             )
         return stored
+
+
+    async def find_keys(self, keys: Sequence[str], now: datetime) -> dict[str, IdempotencyRecord]:
+        if not keys:
+            return {}
+        with _translated():
+            rows = await self._conn.fetch(
+                "SELECT key, fingerprint, outcome::text, created_at, expires_at "
+                "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2",
+                list(keys),
+                now,
+            )
+        return {r[0]: IdempotencyRecord(*r) for r in rows}
+
+    async def save_keys(self, records: Sequence[IdempotencyRecord]) -> None:
+        with _translated():
+            await self._conn.executemany(
+                "INSERT INTO idempotency_keys (key, fingerprint, outcome, created_at, expires_at) "
+                "VALUES ($1, $2, $3::json, $4, $5) ON CONFLICT (key) DO UPDATE SET "
+                "fingerprint = EXCLUDED.fingerprint, outcome = EXCLUDED.outcome, "
+                "created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",
+                [(r.key, r.fingerprint, r.outcome_json, r.created_at, r.expires_at) for r in records],
+            )
+
+    async def purge_keys(self, now: datetime) -> int:
+        with _translated():
+            status = await self._conn.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
+            )
+        return int(status.split()[-1])
 
 
 class PostgresStore(EventStore):

@@ -15,6 +15,7 @@ import orjson
 from ..envelope import Defaulted, Event, NewEvent
 from .base import (
     EventStore,
+    IdempotencyRecord,
     Key,
     Page,
     StoreError,
@@ -137,6 +138,38 @@ class _Transaction(WriteTransaction):
             stored = [Event.stored(e, head + i, now) for i, e in enumerate(events, 1)]
             await self._db.executemany(_INSERT, [_row(e) for e in stored])
         return stored
+
+
+    async def find_keys(self, keys: Sequence[str], now: datetime) -> dict[str, IdempotencyRecord]:
+        if not keys:
+            return {}
+        with _translated():
+            cursor = await self._db.execute(
+                "SELECT key, fingerprint, outcome, created_at, expires_at FROM idempotency_keys "
+                "WHERE key IN (SELECT value FROM json_each(?)) AND expires_at > ?",
+                (orjson.dumps(list(keys)).decode(), _micros(now)),
+            )
+            rows = await cursor.fetchall()
+        return {
+            r[0]: IdempotencyRecord(r[0], r[1], r[2], _moment(r[3]), _moment(r[4])) for r in rows
+        }
+
+    async def save_keys(self, records: Sequence[IdempotencyRecord]) -> None:
+        with _translated():
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                [
+                    (r.key, r.fingerprint, r.outcome_json, _micros(r.created_at), _micros(r.expires_at))
+                    for r in records
+                ],
+            )
+
+    async def purge_keys(self, now: datetime) -> int:
+        with _translated():
+            cursor = await self._db.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= ?", (_micros(now),)
+            )
+        return cursor.rowcount
 
 
 class SqliteStore(EventStore):

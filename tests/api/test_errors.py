@@ -172,7 +172,7 @@ def _slowed(store, delay):
 
 async def test_full_writer_queue_is_503_overloaded_and_loses_nothing(aiohttp_client, settings):
     """A tiny queue before a slow store: some writes get 503 + Retry-After; every 200 is stored."""
-    tight = attrs.evolve(settings, writer_queue_size=2, writer_max_batch=1)
+    tight = attrs.evolve(settings, writer_queue_events=2, writer_max_batch=1)
     store = _slowed(open_store(tight.dsn, **tight.store_options()), 0.05)
     client = await aiohttp_client(create_app(tight, event_log=EventLog(tight, store=store)))
     bodies = [{**MINIMAL, "event_id": str(i + 1)} for i in range(30)]

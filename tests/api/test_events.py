@@ -337,7 +337,7 @@ async def test_retry_without_timestamp_is_a_duplicate(client):
 )
 async def test_same_key_with_other_content_is_409_and_changes_nothing(client, change):
     """A different event under a stored key is a conflict; the stored one stays."""
-    body = CONTRACT_BODIES["rust_executor"]
+    body = {**CONTRACT_BODIES["rust_executor"], "actionable": True}
     _, first = await post(client, body)
     stored = await read(client, first["event_id"])
     reply, data = await post(client, {**body, **change})

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import attrs
 import pytest
 
 from eventlog.envelope import Defaulted, NewEvent
-from eventlog.storage.base import EventStore, Page, StoreUnavailable, open_store
+from eventlog.storage.base import (
+    EventStore,
+    IdempotencyRecord,
+    Page,
+    StoreUnavailable,
+    load_migrations,
+    open_store,
+)
 
 
 def new_event(execution_id: int = 1, event_id: int = 1, **changes: object) -> NewEvent:
@@ -52,8 +59,10 @@ async def append(store: EventStore, *events: NewEvent):
 async def test_migrations_apply_once(dsn):
     """A fresh store has every migration pending; after migrate, none; migrate again is a no-op."""
     async with open_store(dsn) as store:
-        assert await store.pending_migrations() == ["0001_events"]
-        assert await store.migrate() == ["0001_events"]
+        shipped = [f"{m.version:04d}_{m.name}" for m in load_migrations(store.backend)]
+        assert shipped[:2] == ["0001_events", "0002_idempotency_keys"]
+        assert await store.pending_migrations() == shipped
+        assert await store.migrate() == shipped
         assert await store.pending_migrations() == []
         assert await store.migrate() == []
 
@@ -151,3 +160,21 @@ def test_unknown_dsn_scheme_is_refused():
     """Only sqlite:/// and postgresql:// name a backend."""
     with pytest.raises(ValueError, match="unsupported DSN scheme"):
         open_store("mysql://x")
+
+
+async def test_idempotency_records_round_trip_expire_and_purge(store):
+    """Records are found until they expire, replaced once expired, and purged after."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    record = IdempotencyRecord("k1", "f1", '{"a":1}', t0, t0 + timedelta(hours=1))
+    other = IdempotencyRecord("k2", "f2", '{"b":2}', t0, t0 + timedelta(hours=3))
+    async with store.transaction() as tx:
+        await tx.save_keys([record, other])
+    async with store.transaction() as tx:
+        assert await tx.find_keys(["k1", "k2", "k3"], t0) == {"k1": record, "k2": other}
+        assert set(await tx.find_keys(["k1", "k2"], t0 + timedelta(hours=2))) == {"k2"}
+        renewed = IdempotencyRecord("k1", "f9", "{}", t0 + timedelta(hours=2), t0 + timedelta(hours=5))
+        await tx.save_keys([renewed])
+        assert await tx.find_keys(["k1"], t0 + timedelta(hours=2)) == {"k1": renewed}
+    async with store.transaction() as tx:
+        assert await tx.purge_keys(t0 + timedelta(hours=4)) == 1
+        assert await tx.find_keys(["k1", "k2"], t0) == {"k1": renewed}
