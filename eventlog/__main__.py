@@ -70,7 +70,10 @@ async def _serve(settings: Settings) -> int:
     from .web import create_app
 
     runner = web.AppRunner(
-        create_app(settings), handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+        create_app(settings),
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        **({} if settings.access_log else {"access_log": None}),
     )
     try:
         await runner.setup()

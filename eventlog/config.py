@@ -62,6 +62,7 @@ class Settings:
     log_level: str = attrs.field(
         default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    access_log: bool = True
     # Bearer tokens. None configured: no access control. A write token may also read.
     write_tokens: list[str] = attrs.field(factory=list)
     read_tokens: list[str] = attrs.field(factory=list)

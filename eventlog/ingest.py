@@ -27,6 +27,7 @@ from .storage.base import (
     EventStore,
     IdempotencyRecord,
     Key,
+    WritePlan,
     StoreError,
     StoreUnavailable,
     ValueNotStorable,
@@ -252,8 +253,7 @@ class Writer:
     async def _purge(self) -> None:
         self._next_purge = time.monotonic() + self._purge_interval
         try:
-            async with self._store.transaction() as tx:
-                purged = await tx.purge_keys(now())
+            purged = await self._store.purge_keys(now())
         except StoreError as e:
             log.warning("purging expired idempotency keys failed: %s", e)
             return
@@ -291,14 +291,18 @@ class Writer:
 
     async def _transaction(self, jobs: list[_Job]) -> dict[int, Any]:
         results: dict[int, Any] = {}
+        plans: list[tuple[_Job, Receipt, list[tuple[Key, bool]]]] = []
+        seen: dict[Key, Event] = {}
         moment = now()
-        async with self._store.transaction() as tx:
-            keys = [job.idempotency.key for job in jobs if job.idempotency]
-            records = await tx.find_keys(keys, moment) if keys else {}
-            existing = await tx.find(list({e.key for job in jobs for e in job.events}))
+
+        def decide(existing: dict[Key, Event], records: dict[str, IdempotencyRecord]) -> WritePlan:
+            # Runs under the store's write lock: what each job does given what is stored. It may
+            # run twice (a store may retry its transaction), so it starts afresh each time.
+            results.clear()
+            plans.clear()
+            seen.update(existing)
             pending: dict[Key, NewEvent] = {}  # to insert in this transaction, in order
             new_records: dict[str, IdempotencyRecord] = {}
-            plans: list[tuple[_Job, Receipt, list[tuple[Key, bool]]]] = []
             for job in jobs:
                 if job.idempotency is not None:
                     key = job.idempotency.key
@@ -344,12 +348,14 @@ class Writer:
                         moment + self._ttl,
                     )
                 plans.append((job, receipt, plan))
-            stored = {e.key: e for e in await tx.insert(list(pending.values()))}
-            if new_records:
-                await tx.save_keys(list(new_records.values()))
-        stored.update(existing)
+            return WritePlan(list(pending.values()), list(new_records.values()))
+
+        keys = list({e.key: None for job in jobs for e in job.events})
+        idempotency_keys = [job.idempotency.key for job in jobs if job.idempotency]
+        for event in await self._store.write(keys, idempotency_keys, moment, decide):
+            seen[event.key] = event
         for job, receipt, plan in plans:
-            results[id(job)] = (receipt, [Appended(stored[k], dup) for k, dup in plan])
+            results[id(job)] = (receipt, [Appended(seen[k], dup) for k, dup in plan])
         return results
 
 

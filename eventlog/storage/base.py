@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import abc
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import ClassVar
@@ -69,34 +68,23 @@ def load_migrations(backend: str) -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-class WriteTransaction(abc.ABC):
-    """One open write transaction; it holds the log's write lock until it ends."""
+@attrs.frozen
+class WritePlan:
+    """What one write transaction appends: new events (no key stored, none twice) and records."""
 
-    @abc.abstractmethod
-    async def find(self, keys: Sequence[Key]) -> dict[Key, Event]:
-        """The stored events among ``keys``, as committed before this transaction began writing."""
+    events: Sequence[NewEvent] = ()
+    records: Sequence[IdempotencyRecord] = ()
 
-    @abc.abstractmethod
-    async def insert(self, events: Sequence[NewEvent]) -> list[Event]:
-        """Append ``events`` (keys not yet stored, no key twice) with seq in list order."""
 
-    @abc.abstractmethod
-    async def find_keys(self, keys: Sequence[str], now: datetime) -> dict[str, IdempotencyRecord]:
-        """The idempotency records among ``keys`` that have not expired at ``now``."""
-
-    @abc.abstractmethod
-    async def save_keys(self, records: Sequence[IdempotencyRecord]) -> None:
-        """Store idempotency records, replacing expired ones under the same key."""
-
-    @abc.abstractmethod
-    async def purge_keys(self, now: datetime) -> int:
-        """Delete idempotency records expired at ``now``; returns how many."""
+# Given the stored events among the keys asked about and the live idempotency records among the
+# keys asked about, decide what to write. Called with the write lock held: it must not block.
+Decide = Callable[[dict[Key, Event], dict[str, IdempotencyRecord]], WritePlan]
 
 
 class EventStore(abc.ABC):
     """An append-only event log in one database.
 
-    Only the writer calls ``transaction``; reads may run concurrently with it and see committed
+    Only the writer calls ``write``; reads may run concurrently with it and see committed
     events only. ``seq`` is assigned inside the committing transaction, so it grows in commit
     order across every process that writes to the same database.
     """
@@ -124,8 +112,21 @@ class EventStore(abc.ABC):
         """Raise StoreUnavailable unless the database answers."""
 
     @abc.abstractmethod
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[WriteTransaction]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
+    async def write(
+        self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
+    ) -> list[Event]:
+        """One write transaction: under the log's write lock, look up what is stored among
+        ``keys`` and ``idempotency_keys`` (records live at ``now``), let ``decide`` choose what
+        to write, append it with the next seq values and commit. Returns the appended events.
+        If ``decide`` raises, nothing is written."""
+
+    @abc.abstractmethod
+    async def idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
+        """The live record under ``key``, if any."""
+
+    @abc.abstractmethod
+    async def purge_keys(self, now: datetime) -> int:
+        """Delete idempotency records expired at ``now``; returns how many."""
 
     @abc.abstractmethod
     async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:

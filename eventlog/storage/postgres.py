@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ import orjson
 
 from ..envelope import Defaulted, Event, NewEvent
 from .base import (
+    Decide,
     EventStore,
     IdempotencyRecord,
     Key,
@@ -19,7 +20,6 @@ from .base import (
     StoreError,
     StoreUnavailable,
     ValueNotStorable,
-    WriteTransaction,
     load_migrations,
 )
 
@@ -63,7 +63,7 @@ _UNAVAILABLE = (
 )
 
 
-def _event(row: asyncpg.Record) -> Event:
+def _event(row: Sequence[Any]) -> Event:
     return Event(
         seq=row[0],
         execution_id=row[1],
@@ -97,84 +97,60 @@ def _translated() -> Any:
         raise StoreError(f"postgresql: {e}") from e
 
 
-class _Transaction(WriteTransaction):
-    def __init__(self, conn: asyncpg.Connection, head: int) -> None:
-        self._conn = conn
-        self._head = head
-
-    async def find(self, keys: Sequence[Key]) -> dict[Key, Event]:
-        if not keys:
-            return {}
-        with _translated():
-            rows = await self._conn.fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
-                "(SELECT * FROM unnest($1::bigint[], $2::bigint[]))",
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-            )
-        events = (_event(r) for r in rows)
-        return {e.key: e for e in events}
-
-    async def insert(self, events: Sequence[NewEvent]) -> list[Event]:
-        if not events:
-            return []
-        now = datetime.now(UTC)
-        stored = [Event.stored(e, self._head + i, now) for i, e in enumerate(events, 1)]
-        self._head += len(stored)
-        ids = [e.event_ids for e in stored]
-        with _translated():
-            await self._conn.execute(
-                _INSERT,
-                [e.seq for e in stored],
-                [e.execution_id for e in stored],
-                [e.event_id for e in stored],
-                [e.step for e in stored],
-                [e.event_type for e in stored],
-                [e.status for e in stored],
-                [e.payload_json for e in stored],
-                [e.meta_json for e in stored],
-                [e.worker_id for e in stored],
-                [e.result_kind for e in stored],
-                [e.result_uri for e in stored],
-                [None if i is None else orjson.dumps(i).decode() for i in ids],
-                [e.actionable for e in stored],
-                [e.informative for e in stored],
-                [e.created_at for e in stored],
-                now,
-                [int(e.defaulted) for e in stored],
-                self._head,
-            )
-        return stored
+# Takes the write lock and, in the same round trip, reads the stored events among the keys.
+# The lock: every writer of this database (in this process or another) locks the one head row
+# first and holds it until commit, so seq values are taken in commit order. The events are read
+# under the statement's snapshot, which may predate a commit that happened while this statement
+# waited for the lock: such a key then fails the insert with a unique violation, and write()
+# retries with the lookup as a statement of its own (see _LOCK and _FIND).
+_LOCK_AND_FIND = f"""
+WITH head AS (SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE)
+SELECT head.last_seq, e.*
+FROM head LEFT JOIN LATERAL (
+    SELECT {_COLUMNS} FROM events
+    WHERE (execution_id, event_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
+) e ON true
+"""
+_LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+_FIND = (
+    f"SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
+    "(SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
+)
+_FIND_KEYS = (
+    "SELECT key, fingerprint, outcome::text, created_at, expires_at "
+    "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
+)
+_SAVE_KEYS = """
+INSERT INTO idempotency_keys (key, fingerprint, outcome, created_at, expires_at)
+SELECT key, fingerprint, outcome::json, created_at, expires_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+     AS t(key, fingerprint, outcome, created_at, expires_at)
+ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, outcome = EXCLUDED.outcome,
+    created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+"""
 
 
-    async def find_keys(self, keys: Sequence[str], now: datetime) -> dict[str, IdempotencyRecord]:
-        if not keys:
-            return {}
-        with _translated():
-            rows = await self._conn.fetch(
-                "SELECT key, fingerprint, outcome::text, created_at, expires_at "
-                "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2",
-                list(keys),
-                now,
-            )
-        return {r[0]: IdempotencyRecord(*r) for r in rows}
-
-    async def save_keys(self, records: Sequence[IdempotencyRecord]) -> None:
-        with _translated():
-            await self._conn.executemany(
-                "INSERT INTO idempotency_keys (key, fingerprint, outcome, created_at, expires_at) "
-                "VALUES ($1, $2, $3::json, $4, $5) ON CONFLICT (key) DO UPDATE SET "
-                "fingerprint = EXCLUDED.fingerprint, outcome = EXCLUDED.outcome, "
-                "created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",
-                [(r.key, r.fingerprint, r.outcome_json, r.created_at, r.expires_at) for r in records],
-            )
-
-    async def purge_keys(self, now: datetime) -> int:
-        with _translated():
-            status = await self._conn.execute(
-                "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
-            )
-        return int(status.split()[-1])
+def _insert_args(stored: list[Event], now: datetime, head: int) -> list[Any]:
+    return [
+        [e.seq for e in stored],
+        [e.execution_id for e in stored],
+        [e.event_id for e in stored],
+        [e.step for e in stored],
+        [e.event_type for e in stored],
+        [e.status for e in stored],
+        [e.payload_json for e in stored],
+        [e.meta_json for e in stored],
+        [e.worker_id for e in stored],
+        [e.result_kind for e in stored],
+        [e.result_uri for e in stored],
+        [None if e.event_ids is None else orjson.dumps(e.event_ids).decode() for e in stored],
+        [e.actionable for e in stored],
+        [e.informative for e in stored],
+        [e.created_at for e in stored],
+        now,
+        [int(e.defaulted) for e in stored],
+        head,
+    ]
 
 
 class PostgresStore(EventStore):
@@ -267,17 +243,67 @@ class PostgresStore(EventStore):
         with _translated():
             await self.pool.fetchval("SELECT 1")
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[WriteTransaction]:
+    async def write(
+        self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
+    ) -> list[Event]:
         with _translated():
-            async with self.pool.acquire() as conn, conn.transaction():
-                # The head row lock serialises every writer of this database, in this process
-                # or another, until commit: seq values are taken in commit order, and find()
-                # (a later statement under READ COMMITTED) sees every earlier commit.
-                head = await conn.fetchval(
-                    "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+            async with self.pool.acquire() as conn:
+                try:
+                    return await self._write(conn, keys, idempotency_keys, now, decide, fast=True)
+                except asyncpg.UniqueViolationError:
+                    # Another instance committed one of these keys while we waited for the lock.
+                    return await self._write(conn, keys, idempotency_keys, now, decide, fast=False)
+
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        keys: Sequence[Key],
+        idempotency_keys: Sequence[str],
+        now: datetime,
+        decide: Decide,
+        *,
+        fast: bool,
+    ) -> list[Event]:
+        executions, event_ids = [k[0] for k in keys], [k[1] for k in keys]
+        async with conn.transaction():
+            if fast:
+                rows = await conn.fetch(_LOCK_AND_FIND, executions, event_ids)
+                head = rows[0][0]
+                existing = {(r[2], r[3]): _event(r[1:]) for r in rows if r[1] is not None}
+            else:
+                head = await conn.fetchval(_LOCK)
+                found = await conn.fetch(_FIND, executions, event_ids) if keys else []
+                existing = {(r[1], r[2]): _event(r) for r in found}
+            records: dict[str, IdempotencyRecord] = {}
+            if idempotency_keys:
+                found = await conn.fetch(_FIND_KEYS, list(idempotency_keys), now)
+                records = {r[0]: IdempotencyRecord(*r) for r in found}
+            plan = decide(existing, records)
+            stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
+            if stored:
+                await conn.execute(_INSERT, *_insert_args(stored, now, head + len(stored)))
+            if plan.records:
+                await conn.execute(
+                    _SAVE_KEYS,
+                    [r.key for r in plan.records],
+                    [r.fingerprint for r in plan.records],
+                    [r.outcome_json for r in plan.records],
+                    [r.created_at for r in plan.records],
+                    [r.expires_at for r in plan.records],
                 )
-                yield _Transaction(conn, head)
+        return stored
+
+    async def purge_keys(self, now: datetime) -> int:
+        with _translated():
+            status = await self.pool.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
+            )
+        return int(status.split()[-1])
+
+    async def idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
+        with _translated():
+            row = await self.pool.fetchrow(_FIND_KEYS, [key], now)
+        return None if row is None else IdempotencyRecord(*row)
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:
         sql = f"SELECT {_COLUMNS} FROM events WHERE event_id = $1"

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
 
 from ..envelope import Defaulted, Event, NewEvent
 from .base import (
+    Decide,
     EventStore,
     IdempotencyRecord,
     Key,
     Page,
     StoreError,
     StoreUnavailable,
-    WriteTransaction,
     load_migrations,
 )
+
+T = TypeVar("T")
 
 _COLUMNS = (
     "seq, execution_id, event_id, step, event_type, status, payload, meta, worker_id, "
@@ -110,70 +114,27 @@ def _translated() -> Any:
         raise StoreError(f"sqlite: {e}") from e
 
 
-class _Transaction(WriteTransaction):
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def find(self, keys: Sequence[Key]) -> dict[Key, Event]:
-        if not keys:
-            return {}
-        with _translated():
-            cursor = await self._db.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
-                "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
-                "FROM json_each(?))",
-                (orjson.dumps(list(keys)).decode(),),
-            )
-            rows = await cursor.fetchall()
-        events = (_event(r) for r in rows)
-        return {e.key: e for e in events}
-
-    async def insert(self, events: Sequence[NewEvent]) -> list[Event]:
-        if not events:
-            return []
-        now = datetime.now(UTC)
-        with _translated():
-            cursor = await self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events")
-            (head,) = await cursor.fetchone()  # type: ignore[misc]
-            stored = [Event.stored(e, head + i, now) for i, e in enumerate(events, 1)]
-            await self._db.executemany(_INSERT, [_row(e) for e in stored])
-        return stored
+_FIND = (
+    f"SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+)
+_FIND_KEYS = (
+    "SELECT key, fingerprint, outcome, created_at, expires_at FROM idempotency_keys "
+    "WHERE key IN (SELECT value FROM json_each(?)) AND expires_at > ?"
+)
+_SAVE_KEY = "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)"
 
 
-    async def find_keys(self, keys: Sequence[str], now: datetime) -> dict[str, IdempotencyRecord]:
-        if not keys:
-            return {}
-        with _translated():
-            cursor = await self._db.execute(
-                "SELECT key, fingerprint, outcome, created_at, expires_at FROM idempotency_keys "
-                "WHERE key IN (SELECT value FROM json_each(?)) AND expires_at > ?",
-                (orjson.dumps(list(keys)).decode(), _micros(now)),
-            )
-            rows = await cursor.fetchall()
-        return {
-            r[0]: IdempotencyRecord(r[0], r[1], r[2], _moment(r[3]), _moment(r[4])) for r in rows
-        }
-
-    async def save_keys(self, records: Sequence[IdempotencyRecord]) -> None:
-        with _translated():
-            await self._db.executemany(
-                "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
-                [
-                    (r.key, r.fingerprint, r.outcome_json, _micros(r.created_at), _micros(r.expires_at))
-                    for r in records
-                ],
-            )
-
-    async def purge_keys(self, now: datetime) -> int:
-        with _translated():
-            cursor = await self._db.execute(
-                "DELETE FROM idempotency_keys WHERE expires_at <= ?", (_micros(now),)
-            )
-        return cursor.rowcount
+def _record(row: tuple[Any, ...]) -> IdempotencyRecord:
+    return IdempotencyRecord(row[0], row[1], row[2], _moment(row[3]), _moment(row[4]))
 
 
 class SqliteStore(EventStore):
     """Events in one SQLite file.
+
+    Writes run on one plain sqlite3 connection in a thread of their own, a whole transaction per
+    call: one hop between the event loop and the thread per group commit, where an aiosqlite
+    call per statement would cost a loop turn each. Reads use an aiosqlite connection.
 
     Durability: WAL with ``synchronous=FULL`` (the default here) syncs the log on every commit,
     so an acknowledged event survives a crash of the process and of the machine; ``NORMAL``
@@ -190,36 +151,53 @@ class SqliteStore(EventStore):
         if self._synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self._busy_timeout_ms = busy_timeout_ms
-        self._writer: aiosqlite.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute(f"PRAGMA synchronous = {self._synchronous}")
+    def _pragmas(self) -> list[str]:
+        return [
+            f"PRAGMA busy_timeout = {self._busy_timeout_ms}",
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA synchronous = {self._synchronous}",
+        ]
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in self._pragmas():
+            db.execute(pragma)
         return db
+
+    async def _in_writer(self, call: Callable[..., T], *args: Any) -> T:
+        if self._thread is None or self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        loop = asyncio.get_running_loop()
+        with _translated():
+            return await loop.run_in_executor(self._thread, call, *args)
 
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await self._connect()
-            self._reader = await self._connect()
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite-writer")
+            loop = asyncio.get_running_loop()
+            self._writer = await loop.run_in_executor(self._thread, self._connect_writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in self._pragmas():
+                await self._reader.execute(pragma)
         except (sqlite3.Error, OSError) as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
 
     async def close(self) -> None:
-        for db in (self._writer, self._reader):
-            if db is not None:
-                await db.close()
-        self._writer = self._reader = None
-
-    @property
-    def _w(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise StoreUnavailable("the store is not open")
-        return self._writer
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._thread is not None:
+            if self._writer is not None:
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
+                self._writer = None
+            self._thread.shutdown()
+            self._thread = None
 
     @property
     def _r(self) -> aiosqlite.Connection:
@@ -227,37 +205,92 @@ class SqliteStore(EventStore):
             raise StoreUnavailable("the store is not open")
         return self._reader
 
-    async def _applied(self, db: aiosqlite.Connection) -> set[int]:
-        await db.execute(
-            "CREATE TABLE IF NOT EXISTS eventlog_migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-        )
-        cursor = await db.execute("SELECT version FROM eventlog_migrations")
-        return {v for (v,) in await cursor.fetchall()}
+    # --- writes: each method below ending in _sync runs in the writer thread --------------
+
+    @contextlib.contextmanager
+    def _immediate(self) -> Any:
+        """BEGIN IMMEDIATE takes SQLite's write lock up front (other processes included), so
+        MAX(seq) + 1 … is read and written under one lock: seq order is commit order."""
+        db = self._writer
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _write_sync(
+        self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
+    ) -> list[Event]:
+        with self._immediate() as db:
+            existing: dict[Key, Event] = {}
+            if keys:
+                rows = db.execute(_FIND, (orjson.dumps(list(keys)).decode(),)).fetchall()
+                existing = {(r[1], r[2]): _event(r) for r in rows}
+            records: dict[str, IdempotencyRecord] = {}
+            if idempotency_keys:
+                found = db.execute(
+                    _FIND_KEYS, (orjson.dumps(list(idempotency_keys)).decode(), _micros(now))
+                )
+                records = {r[0]: _record(r) for r in found.fetchall()}
+            plan = decide(existing, records)
+            stored: list[Event] = []
+            if plan.events:
+                (head,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+                stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
+                db.executemany(_INSERT, [_row(e) for e in stored])
+            if plan.records:
+                db.executemany(
+                    _SAVE_KEY,
+                    [
+                        (r.key, r.fingerprint, r.outcome_json, _micros(r.created_at), _micros(r.expires_at))
+                        for r in plan.records
+                    ],
+                )
+        return stored
+
+    async def write(
+        self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
+    ) -> list[Event]:
+        return await self._in_writer(self._write_sync, keys, idempotency_keys, now, decide)
+
+    def _purge_sync(self, now: datetime) -> int:
+        with self._immediate() as db:
+            return db.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= ?", (_micros(now),)
+            ).rowcount
+
+    async def purge_keys(self, now: datetime) -> int:
+        return await self._in_writer(self._purge_sync, now)
+
+    def _migrate_sync(self) -> list[str]:
+        done = []
+        # The write lock first, so two processes starting together apply each step once.
+        with self._immediate() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS eventlog_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            applied = {v for (v,) in db.execute("SELECT version FROM eventlog_migrations")}
+            for m in load_migrations(self.backend):
+                if m.version in applied:
+                    continue
+                for statement in _statements(m.sql):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO eventlog_migrations VALUES (?, ?, ?)",
+                    (m.version, m.name, datetime.now(UTC).isoformat()),
+                )
+                done.append(f"{m.version:04d}_{m.name}")
+        return done
 
     async def migrate(self) -> list[str]:
-        db = self._w
-        done = []
-        with _translated():
-            # The write lock first, so two processes starting together apply each step once.
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                applied = await self._applied(db)
-                for m in load_migrations(self.backend):
-                    if m.version in applied:
-                        continue
-                    for statement in _statements(m.sql):
-                        await db.execute(statement)
-                    await db.execute(
-                        "INSERT INTO eventlog_migrations VALUES (?, ?, ?)",
-                        (m.version, m.name, datetime.now(UTC).isoformat()),
-                    )
-                    done.append(f"{m.version:04d}_{m.name}")
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-        return done
+        return await self._in_writer(self._migrate_sync)
+
+    # --- reads ----------------------------------------------------------------------------
 
     async def pending_migrations(self) -> list[str]:
         with _translated():
@@ -278,19 +311,11 @@ class SqliteStore(EventStore):
         with _translated():
             await self._r.execute("SELECT 1")
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[WriteTransaction]:
-        db = self._w
+    async def idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
         with _translated():
-            await db.execute("BEGIN IMMEDIATE")
-        try:
-            yield _Transaction(db)
-            with _translated():
-                await db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
-            raise
+            cursor = await self._r.execute(_FIND_KEYS, (orjson.dumps([key]).decode(), _micros(now)))
+            row = await cursor.fetchone()
+        return None if row is None else _record(row)
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:
         sql = f"SELECT {_COLUMNS} FROM events WHERE event_id = ?"

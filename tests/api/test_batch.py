@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
+from datetime import UTC, datetime, timedelta
 
 import attrs
 import pytest
@@ -14,7 +14,7 @@ from eventlog.log import EventLog
 from eventlog.storage.base import open_store
 from eventlog.web import create_app
 
-from .test_errors import problem
+from .test_errors import problem, slowed
 
 NOETL_BATCH = {
     "execution_id": "771290770346082466",
@@ -235,10 +235,8 @@ async def test_expired_keys_are_forgotten_and_purged(aiohttp_client, settings):
     reply = await client.post("/api/events", json=envelope(2), headers=headers)
     assert reply.status == 200 and (await reply.json())["duplicate"] is False
     await asyncio.sleep(1.5)  # the second record expires too; the idle writer purges it
-    async with log.store.transaction() as tx:
-        from datetime import UTC, datetime, timedelta
-
-        assert await tx.find_keys(["short-lived"], datetime.now(UTC) - timedelta(days=1)) == {}
+    long_ago = datetime.now(UTC) - timedelta(days=1)
+    assert await log.store.idempotency_record("short-lived", long_ago) is None
 
 
 # --- limits -------------------------------------------------------------------------------
@@ -286,17 +284,8 @@ async def test_ndjson_is_refused_on_the_single_event_route(client):
 
 async def test_concurrent_requests_share_transactions(aiohttp_client, settings):
     """Forty concurrent requests before a slow store are committed in far fewer transactions."""
-    store = open_store(settings.dsn, **settings.store_options())
-    original, count = store.transaction, []
-
-    @contextlib.asynccontextmanager
-    async def counted():
-        count.append(1)
-        async with original() as tx:
-            await asyncio.sleep(0.02)
-            yield tx
-
-    store.transaction = counted
+    count: list[int] = []
+    store = slowed(open_store(settings.dsn, **settings.store_options()), 0.02, count)
     client = await aiohttp_client(create_app(settings, event_log=EventLog(settings, store=store)))
     count.clear()  # migrations and start-up purge
     replies = await asyncio.gather(*(client.post("/api/events", json=envelope(i)) for i in range(40)))
@@ -308,16 +297,7 @@ async def test_concurrent_requests_share_transactions(aiohttp_client, settings):
 async def test_overloaded_batches_get_503_and_acknowledged_ones_are_stored(aiohttp_client, settings):
     """A queue bound of 5 events before a slow store: batches beyond it get 503, none is lost."""
     tight = attrs.evolve(settings, writer_queue_events=5, writer_max_batch=5)
-    store = open_store(tight.dsn, **tight.store_options())
-    original = store.transaction
-
-    @contextlib.asynccontextmanager
-    async def slow():
-        async with original() as tx:
-            await asyncio.sleep(0.05)
-            yield tx
-
-    store.transaction = slow
+    store = slowed(open_store(tight.dsn, **tight.store_options()), 0.05)
     client = await aiohttp_client(create_app(tight, event_log=EventLog(tight, store=store)))
     batches = [[envelope(10 * b + i) for i in range(3)] for b in range(12)]
     replies = await asyncio.gather(*(client.post("/api/events/batch", json=b) for b in batches))

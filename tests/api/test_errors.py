@@ -156,24 +156,24 @@ async def test_credentials_401_403_and_allowed(aiohttp_client, auth_settings):
     assert (await client.get("/health")).status == 200
 
 
-def _slowed(store, delay):
-    """The store, its write transactions made slow (a real store, deliberately delayed)."""
-    original = store.transaction
+def slowed(store, delay, calls=None):
+    """The store, each write transaction made slower (a real store, deliberately delayed)."""
+    original = store.write
 
-    @contextlib.asynccontextmanager
-    async def slow_transaction():
-        async with original() as tx:
-            await asyncio.sleep(delay)
-            yield tx
+    async def slow_write(*args):
+        if calls is not None:
+            calls.append(1)
+        await asyncio.sleep(delay)
+        return await original(*args)
 
-    store.transaction = slow_transaction
+    store.write = slow_write
     return store
 
 
 async def test_full_writer_queue_is_503_overloaded_and_loses_nothing(aiohttp_client, settings):
     """A tiny queue before a slow store: some writes get 503 + Retry-After; every 200 is stored."""
     tight = attrs.evolve(settings, writer_queue_events=2, writer_max_batch=1)
-    store = _slowed(open_store(tight.dsn, **tight.store_options()), 0.05)
+    store = slowed(open_store(tight.dsn, **tight.store_options()), 0.05)
     client = await aiohttp_client(create_app(tight, event_log=EventLog(tight, store=store)))
     bodies = [{**MINIMAL, "event_id": str(i + 1)} for i in range(30)]
     replies = await asyncio.gather(*(client.post("/api/events", json=b) for b in bodies))

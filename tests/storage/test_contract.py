@@ -15,6 +15,7 @@ from eventlog.storage.base import (
     IdempotencyRecord,
     Page,
     StoreUnavailable,
+    WritePlan,
     load_migrations,
     open_store,
 )
@@ -50,10 +51,24 @@ async def store(dsn: str) -> AsyncIterator[EventStore]:
         yield store
 
 
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
 async def append(store: EventStore, *events: NewEvent):
     """Append in one transaction."""
-    async with store.transaction() as tx:
-        return await tx.insert(list(events))
+    return await store.write([e.key for e in events], [], NOW, lambda *_: WritePlan(events))
+
+
+async def stored_among(store: EventStore, keys) -> dict:
+    """What write() finds stored among ``keys`` (writing nothing)."""
+    seen = {}
+
+    def decide(existing, records):
+        seen.update(existing)
+        return WritePlan()
+
+    await store.write(keys, [], NOW, decide)
+    return seen
 
 
 async def test_migrations_apply_once(dsn):
@@ -98,24 +113,26 @@ async def test_seq_grows_in_commit_order_across_transactions(store):
     assert [e.seq for e in first + second] == [1, 2, 3]
 
 
-async def test_rolled_back_transaction_leaves_nothing(store):
-    """An exception inside the transaction undoes its inserts."""
+async def test_failing_decision_writes_nothing(store):
+    """An exception from the decision aborts the transaction; seq is not consumed."""
+
+    def refuse(existing, records):
+        raise RuntimeError("abort")
+
     with pytest.raises(RuntimeError):
-        async with store.transaction() as tx:
-            await tx.insert([new_event(event_id=1)])
-            raise RuntimeError("abort")
+        await store.write([(1, 1)], ["k"], NOW, refuse)
     assert await store.get(1) is None
     (stored,) = await append(store, new_event(event_id=2))
     assert stored.seq == 1
 
 
-async def test_find_returns_stored_events_by_key(store):
-    """find() answers for the keys that are stored and ignores the rest."""
+async def test_write_sees_stored_events_by_key(store):
+    """write() tells the decision which keys are stored, and ignores the rest."""
     await append(store, new_event(1, 10), new_event(2, 10))
-    async with store.transaction() as tx:
-        found = await tx.find([(1, 10), (2, 10), (3, 10)])
+    found = await stored_among(store, [(1, 10), (2, 10), (3, 10)])
     assert set(found) == {(1, 10), (2, 10)}
     assert found[(2, 10)].execution_id == 2
+    assert found[(2, 10)] == await store.get(10, 2)
 
 
 async def test_get_picks_the_execution_when_asked(store):
@@ -163,18 +180,35 @@ def test_unknown_dsn_scheme_is_refused():
 
 
 async def test_idempotency_records_round_trip_expire_and_purge(store):
-    """Records are found until they expire, replaced once expired, and purged after."""
+    """Records are seen until they expire, replaced once expired, and purged after."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     record = IdempotencyRecord("k1", "f1", '{"a":1}', t0, t0 + timedelta(hours=1))
     other = IdempotencyRecord("k2", "f2", '{"b":2}', t0, t0 + timedelta(hours=3))
-    async with store.transaction() as tx:
-        await tx.save_keys([record, other])
-    async with store.transaction() as tx:
-        assert await tx.find_keys(["k1", "k2", "k3"], t0) == {"k1": record, "k2": other}
-        assert set(await tx.find_keys(["k1", "k2"], t0 + timedelta(hours=2))) == {"k2"}
-        renewed = IdempotencyRecord("k1", "f9", "{}", t0 + timedelta(hours=2), t0 + timedelta(hours=5))
-        await tx.save_keys([renewed])
-        assert await tx.find_keys(["k1"], t0 + timedelta(hours=2)) == {"k1": renewed}
-    async with store.transaction() as tx:
-        assert await tx.purge_keys(t0 + timedelta(hours=4)) == 1
-        assert await tx.find_keys(["k1", "k2"], t0) == {"k1": renewed}
+    await store.write([], [], t0, lambda *_: WritePlan(records=[record, other]))
+    seen = {}
+
+    def look(existing, records):
+        seen.update(records)
+        return WritePlan()
+
+    await store.write([], ["k1", "k2", "k3"], t0, look)
+    assert seen == {"k1": record, "k2": other}
+    seen.clear()
+    later = t0 + timedelta(hours=2)
+    await store.write([], ["k1", "k2"], later, look)
+    assert set(seen) == {"k2"}
+    renewed = IdempotencyRecord("k1", "f9", "{}", later, t0 + timedelta(hours=5))
+    await store.write([], [], later, lambda *_: WritePlan(records=[renewed]))
+    assert await store.idempotency_record("k1", later) == renewed
+    assert await store.purge_keys(t0 + timedelta(hours=4)) == 1
+    assert await store.idempotency_record("k2", t0) is None
+    assert await store.idempotency_record("k1", t0) == renewed
+
+
+async def test_events_and_records_commit_together(store):
+    """A plan's events and idempotency record are written in the same transaction."""
+    record = IdempotencyRecord("k", "f", "{}", NOW, NOW + timedelta(hours=1))
+    plan = WritePlan([new_event(event_id=5)], [record])
+    (stored,) = await store.write([(1, 5)], ["k"], NOW, lambda *_: plan)
+    assert await store.get(5) == stored
+    assert await store.idempotency_record("k", NOW) == record

@@ -1,0 +1,457 @@
+"""eventlog's write-path benchmark: every figure beside the baseline it is judged against.
+
+Run it through ./scripts/bench (which prepares .venv). Everything runs on loopback, bounded in
+time: each scenario runs for --duration seconds after a warm-up, --repeat times, and the table
+shows the median run. The load generator is a separate process speaking plain HTTP/1.1 over
+keep-alive connections, so it costs little CPU and the server is what is measured.
+
+Scenarios:
+  bare aiohttp      a handler that reads the body and answers 200: the ceiling for one event
+                    per request, at the same concurrency, with the same generator
+  single            eventlog, one event per request, concurrency 16 and 64, SQLite and PostgreSQL
+  half rate         eventlog at half its measured single-event maximum (open loop): p99 latency
+  batch 100 / 1000  eventlog batches, SQLite and PostgreSQL
+  raw driver        the same rows straight through the driver, one transaction per batch:
+                    executemany (aiosqlite) and copy_records_to_table (asyncpg)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+# --- the load generator (runs in its own process) -----------------------------------------
+
+
+def single_body(n: int, run: int) -> bytes:
+    """The legacy Python worker's body, with an event id unique to this request."""
+    return (
+        b'{"execution_id": "%d", "event_id": "%d", "name": "call.done", "step": "fetch", '
+        b'"payload": {"result": "ok", "rows": 42}, "worker_id": "w-2"}'
+        % (478775660589088776 + n % 97, run * 10**12 + n)
+    )
+
+
+def batch_body(n: int, run: int, size: int) -> bytes:
+    """NoETL's batch object with ``size`` items, each with its own event id."""
+    base = run * 10**12 + n * size
+    items = b",".join(
+        b'{"step": "start", "name": "step.exit", "payload": {"status": "COMPLETED"}, '
+        b'"informative": true, "event_id": "%d", "meta": {"command_id": 771290770522243237}}'
+        % (base + i)
+        for i in range(size)
+    )
+    return b'{"execution_id": "771290770346082466", "worker_id": "worker-1", "events": [%s]}' % items
+
+
+def request_bytes(path: str, body: bytes) -> bytes:
+    """One HTTP/1.1 POST on a keep-alive connection."""
+    return (
+        b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    )
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one request, read its reply; the status code."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lower = head.lower()
+    at = lower.index(b"content-length:") + 15
+    await reader.readexactly(int(lower[at : lower.index(b"\r\n", at)]))
+    return int(head[9:12])
+
+
+async def loadgen(opts: dict[str, Any]) -> dict[str, Any]:
+    """Drive the server closed-loop (fixed concurrency) or open-loop (fixed rate)."""
+    host, port, path = opts["host"], opts["port"], opts["path"]
+    size, run = opts["batch"], opts["run"]
+    counter = itertools.count()
+
+    def next_request() -> bytes:
+        n = next(counter)
+        body = single_body(n, run) if size == 0 else batch_body(n, run, size)
+        return request_bytes(path, body)
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    warmup_end = time.perf_counter() + opts["warmup"]
+    end = warmup_end + opts["duration"]
+
+    def record(status: int, started: float, finished: float) -> None:
+        if started >= warmup_end and finished <= end:
+            latencies.append(finished - started)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(host, port, limit=2**22)
+
+    if opts["rate"] == 0:  # closed loop
+
+        async def worker() -> None:
+            reader, writer = await connect()
+            while (now := time.perf_counter()) < end:
+                status = await exchange(reader, writer, next_request())
+                record(status, now, time.perf_counter())
+            writer.close()
+
+        await asyncio.gather(*(worker() for _ in range(opts["concurrency"])))
+    else:  # open loop: requests leave on schedule; latency counts from the scheduled moment
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(scheduled: float) -> None:
+            conn = idle.pop() if idle else await connect()
+            status = await exchange(*conn, next_request())
+            record(status, scheduled, time.perf_counter())
+            idle.append(conn)
+
+        interval, start = 1.0 / opts["rate"], time.perf_counter()
+        for i in itertools.count():
+            scheduled = start + i * interval
+            if scheduled >= end:
+                break
+            if (delay := scheduled - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(scheduled))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+        for _, writer in idle:
+            writer.close()
+
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "statuses": statuses,
+        "seconds": opts["duration"],
+        "p50": latencies[len(latencies) // 2] if latencies else None,
+        "p99": latencies[int(len(latencies) * 0.99)] if latencies else None,
+    }
+
+
+# --- the bare baseline server -------------------------------------------------------------
+
+
+def bare_server(port: int) -> None:
+    """A bare aiohttp handler: read the body, answer 200 with a small JSON reply."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(
+            body=b'{"status":"ok","event_id":"1","commands_generated":0,"duplicate":false}',
+            content_type="application/json",
+        )
+
+    app = web.Application(client_max_size=16 * 2**20)
+    app.router.add_post("/api/events", handler)
+    app.router.add_post("/api/events/batch", handler)
+    print(f"bare listening on http://127.0.0.1:{port}", flush=True)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# --- orchestration ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process and its peak resident memory."""
+
+    def __init__(self, argv: list[str], log: Path, **settings: str) -> None:
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLOG_")}
+        env.update({f"EVENTLOG_{k.upper()}": v for k, v in settings.items()})
+        self.proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_bare(work: Path) -> tuple[Server, int]:
+    port = free_port()
+    server = Server([PYTHON, __file__, "bare-server", "--port", str(port)], work / "bare.log")
+    return server, port
+
+
+def start_eventlog(work: Path, dsn: str, name: str) -> tuple[Server, int]:
+    port = free_port()
+    argv = [PYTHON, "-m", "eventlog", "serve", "--dsn", dsn, "--port", str(port)]
+    # No access log, as for the bare server: both are measured without it.
+    return Server(argv, work / f"{name}.log", access_log="off"), port
+
+
+def drive(port: int, *, path: str, concurrency: int, batch: int, rate: float, opts: argparse.Namespace, run: int) -> dict[str, Any]:
+    spec = {
+        "host": "127.0.0.1",
+        "port": port,
+        "path": path,
+        "concurrency": concurrency,
+        "batch": batch,
+        "rate": rate,
+        "run": run,
+        "warmup": opts.warmup,
+        "duration": opts.duration,
+    }
+    out = subprocess.run(
+        [PYTHON, __file__, "loadgen", json.dumps(spec)], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout)
+    result["events_per_s"] = result["requests"] * max(batch, 1) / result["seconds"]
+    return result
+
+
+async def raw_sqlite(path: Path, size: int, seconds: float, run: int) -> float:
+    """Rows per second through aiosqlite's executemany, one transaction per ``size`` rows."""
+    import aiosqlite
+
+    from eventlog.storage.sqlite import _INSERT
+
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute("PRAGMA synchronous = FULL")
+    cursor = await db.execute("SELECT COALESCE(MAX(seq), 0) FROM events")
+    (seq,) = await cursor.fetchone()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        rows = []
+        for _ in range(size):
+            seq += 1
+            rows.append((seq, 771290770346082466, run * 10**12 + seq, "start", "step.exit", "COMPLETED",
+                         '{"status":"COMPLETED"}', '{"command_id":771290770522243237}', "worker-1",
+                         "data", None, None, 0, 1, 1796017004715000, 1796017004715000, 0))
+        await db.execute("BEGIN IMMEDIATE")
+        await db.executemany(_INSERT, rows)
+        await db.execute("COMMIT")
+        count += size
+    elapsed = time.perf_counter() - start
+    await db.close()
+    return count / elapsed
+
+
+async def raw_postgres(dsn: str, size: int, seconds: float, run: int) -> float:
+    """Rows per second through asyncpg's copy_records_to_table, one transaction per batch."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    seq = await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events")
+    now = datetime.now(UTC)
+    columns = ["seq", "execution_id", "event_id", "step", "event_type", "status", "payload", "meta",
+               "worker_id", "result_kind", "result_uri", "event_ids", "actionable", "informative",
+               "created_at", "ingested_at", "defaulted"]
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        rows = []
+        for _ in range(size):
+            seq += 1
+            rows.append((seq, 771290770346082466, run * 10**12 + seq, "start", "step.exit", "COMPLETED",
+                         '{"status":"COMPLETED"}', '{"command_id":771290770522243237}', "worker-1",
+                         "data", None, None, False, True, now, now, 0))
+        async with conn.transaction():
+            await conn.copy_records_to_table("events", records=rows, columns=columns)
+        count += size
+    elapsed = time.perf_counter() - start
+    await conn.close()
+    return count / elapsed
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (so its latencies belong to one real run)."""
+    ordered = sorted(runs, key=lambda r: r["events_per_s"])
+    return ordered[len(ordered) // 2]
+
+
+async def pg_database(admin: str) -> str | None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(admin, timeout=5)
+    except (OSError, asyncpg.PostgresError) as e:
+        print(f"PostgreSQL not available ({e}); its rows are skipped", file=sys.stderr)
+        return None
+    name = f"eventlog_bench_{os.getpid()}"
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.execute(f'CREATE DATABASE "{name}_raw"')
+    await conn.close()
+    return name
+
+
+async def drop_pg_database(admin: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin)
+    for database in (name, name + "_raw"):
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await conn.close()
+
+
+def with_database(dsn: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+def main_bench(opts: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="eventlog-bench-"))
+    admin = opts.pg or os.environ.get("EVENTLOG_TEST_PG_DSN", DEFAULT_PG)
+    pg_name = None if opts.no_pg else asyncio.run(pg_database(admin))
+    # The raw-driver baselines write to stores of their own, so neither disturbs the other's seq.
+    stores = {"sqlite": (f"sqlite:///{work}/bench.db", f"sqlite:///{work}/raw.db")}
+    if pg_name:
+        stores["postgres"] = (with_database(admin, pg_name), with_database(admin, pg_name + "_raw"))
+    rows: list[dict[str, Any]] = []
+    runs = itertools.count(1)
+    try:
+        print(f"# {opts.repeat} runs of {opts.duration:g}s (+{opts.warmup:g}s warm-up) per scenario; medians", file=sys.stderr)
+        bare: dict[int, dict[str, Any]] = {}
+        for c in opts.concurrency:
+            server, port = start_bare(work)
+            results = [drive(port, path="/api/events", concurrency=c, batch=0, rate=0, opts=opts, run=next(runs)) for _ in range(opts.repeat)]
+            best = median_run(results)
+            best["rss"] = server.peak_rss_mb()
+            server.stop()
+            bare[c] = best
+            rows.append(row("bare aiohttp (baseline)", "-", f"c={c}", best, None))
+        for backend, (dsn, raw_dsn) in stores.items():
+            subprocess.run([PYTHON, "-m", "eventlog", "migrate", "--dsn", raw_dsn], check=True, capture_output=True)
+            server, port = start_eventlog(work, dsn, backend)
+            try:
+                single_max = 0.0
+                for c in opts.concurrency:
+                    results = [drive(port, path="/api/events", concurrency=c, batch=0, rate=0, opts=opts, run=next(runs)) for _ in range(opts.repeat)]
+                    best = median_run(results)
+                    best["rss"] = server.peak_rss_mb()
+                    single_max = max(single_max, best["events_per_s"])
+                    target = 0.6 if backend == "sqlite" else 0.5
+                    rows.append(row("eventlog single", backend, f"c={c}", best, (bare[c]["events_per_s"], target, "bare")))
+                rate = single_max / 2
+                results = [drive(port, path="/api/events", concurrency=0, batch=0, rate=rate, opts=opts, run=next(runs)) for _ in range(opts.repeat)]
+                best = median_run(results)
+                best["rss"] = server.peak_rss_mb()
+                rows.append(row("eventlog half rate", backend, f"{rate:.0f}/s", best, None))
+                for size in opts.batch:
+                    results = [drive(port, path="/api/events/batch", concurrency=opts.batch_concurrency, batch=size, rate=0, opts=opts, run=next(runs)) for _ in range(opts.repeat)]
+                    best = median_run(results)
+                    best["rss"] = server.peak_rss_mb()
+                    raw = []
+                    for _ in range(opts.repeat):
+                        if backend == "sqlite":
+                            raw.append(asyncio.run(raw_sqlite(Path(raw_dsn.removeprefix("sqlite:///")), size, opts.duration, next(runs))))
+                        else:
+                            raw.append(asyncio.run(raw_postgres(raw_dsn, size, opts.duration, next(runs))))
+                    raw_rate = statistics.median(raw)
+                    driver = "executemany" if backend == "sqlite" else "copy_records_to_table"
+                    rows.append(row(f"raw driver ({driver})", backend, f"{size} rows/tx", {"events_per_s": raw_rate}, None))
+                    rows.append(row(f"eventlog batch {size}", backend, f"c={opts.batch_concurrency}", best, (raw_rate, 0.5, "raw")))
+            finally:
+                server.stop()
+    finally:
+        if pg_name:
+            asyncio.run(drop_pg_database(admin, pg_name))
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(rows, opts)
+
+
+def row(name: str, backend: str, load: str, result: dict[str, Any], baseline: tuple[float, float, str] | None) -> dict[str, Any]:
+    ratio = target = None
+    if baseline:
+        ratio = result["events_per_s"] / baseline[0]
+        target = baseline[1]
+    bad = sum(n for s, n in result.get("statuses", {}).items() if int(s) != 200)
+    return {
+        "name": name,
+        "backend": backend,
+        "load": load,
+        "eps": result["events_per_s"],
+        "p50": result.get("p50"),
+        "p99": result.get("p99"),
+        "rss": result.get("rss"),
+        "ratio": ratio,
+        "target": target,
+        "non200": bad,
+    }
+
+
+def print_table(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.1f}"
+
+    print(f"eventlog bench, {datetime.now(UTC):%Y-%m-%d}, {platform.node()} ({os.cpu_count()} cores, "
+          f"Python {platform.python_version()}), {opts.repeat}x{opts.duration:g}s, medians")
+    print()
+    print("| scenario | store | load | events/s | p50 ms | p99 ms | peak RSS MB | ratio | target |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.0%}"
+        target = "-" if r["target"] is None else f"≥ {r['target']:.0%} {'ok' if r['ratio'] >= r['target'] else 'MISSED'}"
+        if r["name"].endswith("half rate"):
+            target = f"p99 ≤ 20 ms {'ok' if r['p99'] is not None and r['p99'] <= 0.020 else 'MISSED'}"
+        rss = "-" if r["rss"] is None else f"{r['rss']:.0f}"
+        errors = f" ({r['non200']} non-200)" if r["non200"] else ""
+        print(f"| {r['name']} | {r['backend']} | {r['load']} | {r['eps']:,.0f}{errors} | {ms(r['p50'])} | {ms(r['p99'])} | {rss} | {ratio} | {target} |")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
+        print(json.dumps(asyncio.run(loadgen(json.loads(sys.argv[2])))))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "bare-server":
+        bare_server(int(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (the median is shown)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument("--pg", help="admin DSN of the PostgreSQL to use (default: EVENTLOG_TEST_PG_DSN or 127.0.0.1:5432)")
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    main_bench(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
