@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import types
+import typing
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -237,6 +240,13 @@ def _strict_float(value: Any, _: Any) -> float:
     return float(value)
 
 
+def _optional(hook: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, kind: Any) -> Any:
+        return None if value is None else hook(value, kind)
+
+    return structure
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     conv.register_structure_hook(str, _text)
@@ -253,6 +263,12 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(JsonValue, _json_value)
     conv.register_structure_hook(JsonObject, _json_object)
     conv.register_structure_hook(IdList, _id_list)
+    # "X | None" gets a hook of its own, or cattrs would dispatch on the value's type per call.
+    for field in attrs.fields(Envelope):
+        kind = typing.get_type_hints(Envelope)[field.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            (inner,) = [t for t in typing.get_args(kind) if t is not type(None)]
+            conv.register_structure_hook(kind, _optional(conv.get_structure_hook(inner)))
     # Hooks for the field types go first: the class hook is generated against them.
     conv.register_structure_hook(Envelope, make_dict_structure_fn(Envelope, conv))
     conv.register_unstructure_hook(Event, _unstructure_event)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import NewType
 
 import attrs
+
+# Envelope, NewEvent and Event are values, never changed after construction; they are not frozen
+# only because a frozen attrs class takes three times as long to build, once per event.
 
 # Wire types with strict structuring hooks (registered in codec.py). They are plain ints and
 # strings at run time; the NewType only tells the converter which rule applies.
@@ -24,7 +26,7 @@ ResultKind = NewType("ResultKind", str)  # one of RESULT_KINDS
 RESULT_KINDS = ("data", "ref", "refs")
 
 
-@attrs.frozen
+@attrs.define
 class Envelope:
     """One event as a producer sent it, aliases resolved; None means the field was not sent."""
 
@@ -44,8 +46,9 @@ class Envelope:
     created_at: Timestamp | None = None
 
 
-class Defaulted(enum.IntFlag):
-    """Fields the server filled in because the producer did not send them."""
+class Defaulted:
+    """Bits of ``NewEvent.defaulted``: fields the server filled in because the producer did not
+    send them. (Plain ints: an IntFlag costs microseconds per event on the hot path.)"""
 
     NONE = 0
     EVENT_ID = 1
@@ -54,7 +57,7 @@ class Defaulted(enum.IntFlag):
     ACTIONABLE = 8  # its default depends on the route (false for batch items)
 
 
-@attrs.frozen
+@attrs.define
 class NewEvent:
     """An event with every field resolved, ready to be appended; JSON values kept as JSON text."""
 
@@ -72,7 +75,7 @@ class NewEvent:
     actionable: bool
     informative: bool
     created_at: datetime
-    defaulted: Defaulted
+    defaulted: int  # Defaulted bits
 
     @property
     def key(self) -> tuple[int, int]:
@@ -80,7 +83,7 @@ class NewEvent:
         return (self.execution_id, self.event_id)
 
 
-@attrs.frozen
+@attrs.define
 class Event(NewEvent):
     """An event as stored: a NewEvent plus its commit-ordered position and commit time."""
 
@@ -90,4 +93,22 @@ class Event(NewEvent):
     @classmethod
     def stored(cls, new: NewEvent, seq: int, ingested_at: datetime) -> Event:
         """The stored form of ``new`` once it was given ``seq`` at ``ingested_at``."""
-        return cls(**attrs.asdict(new, recurse=False), seq=seq, ingested_at=ingested_at)
+        return cls(
+            new.execution_id,
+            new.event_id,
+            new.step,
+            new.event_type,
+            new.status,
+            new.payload_json,
+            new.meta_json,
+            new.worker_id,
+            new.result_kind,
+            new.result_uri,
+            new.event_ids,
+            new.actionable,
+            new.informative,
+            new.created_at,
+            new.defaulted,
+            seq,
+            ingested_at,
+        )

@@ -176,6 +176,7 @@ class Writer:
         max_batch: int,
         idempotency_ttl: float = 86_400.0,
         purge_interval: float = 300.0,
+        pipeline: int = 2,
     ) -> None:
         self._store = store
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
@@ -185,6 +186,10 @@ class Writer:
         self._ttl = timedelta(seconds=idempotency_ttl)
         self._purge_interval = purge_interval
         self._next_purge = 0.0
+        # Transactions handed to the store at once: with two, the store starts the next group
+        # the moment the previous one commits, without waiting for a turn of the event loop.
+        # The store still commits them one after the other (seq order stays commit order).
+        self._slots = asyncio.Semaphore(pipeline)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -224,18 +229,23 @@ class Writer:
         job = _Job(events, request_id, idempotency, asyncio.get_running_loop().create_future())
         self._queued_events += len(events)
         self._queue.put_nowait(job)
-        # If the caller goes away, its events may still be committed: a retry is idempotent.
-        return await asyncio.shield(job.future)
+        # If the caller goes away, the job stays queued and may still be committed (its future
+        # is then cancelled and ignored): a retry is idempotent.
+        return await job.future
 
     async def _run(self) -> None:
         stopping = False
+        in_flight: set[asyncio.Task[None]] = set()
         while not stopping:
+            await self._slots.acquire()
             try:
                 job = await asyncio.wait_for(self._queue.get(), timeout=self._purge_interval)
             except TimeoutError:
+                self._slots.release()
                 await self._purge()
                 continue
             if job is None:
+                self._slots.release()
                 break
             jobs, count = [job], len(job.events)
             while count < self._max_batch and not self._queue.empty():
@@ -245,10 +255,19 @@ class Writer:
                     break
                 jobs.append(more)
                 count += len(more.events)
-            await self._commit(jobs)
-            self._queued_events -= count
+            task = asyncio.create_task(self._commit_group(jobs, count))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
             if time.monotonic() >= self._next_purge:
                 await self._purge()
+        await asyncio.gather(*in_flight)
+
+    async def _commit_group(self, jobs: list[_Job], count: int) -> None:
+        try:
+            await self._commit(jobs)
+        finally:
+            self._queued_events -= count
+            self._slots.release()
 
     async def _purge(self) -> None:
         self._next_purge = time.monotonic() + self._purge_interval

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -95,7 +94,7 @@ class EventLog:
         received_at = now()
         events = [normalise(e, self.ids, received_at, in_batch=batch) for e in envelopes]
         return await self.writer.submit(
-            events, request_id=uuid.uuid4().hex, idempotency=idempotency
+            events, request_id=str(self.ids.next_id()), idempotency=idempotency
         )
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event:

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ..envelope import Defaulted, Event, NewEvent
+from ..envelope import Event, NewEvent
 from .base import (
     Decide,
     EventStore,
@@ -81,7 +81,7 @@ def _event(row: Sequence[Any]) -> Event:
         informative=row[13],
         created_at=row[14],
         ingested_at=row[15],
-        defaulted=Defaulted(row[16]),
+        defaulted=row[16],
     )
 
 
@@ -148,7 +148,7 @@ def _insert_args(stored: list[Event], now: datetime, head: int) -> list[Any]:
         [e.informative for e in stored],
         [e.created_at for e in stored],
         now,
-        [int(e.defaulted) for e in stored],
+        [e.defaulted for e in stored],
         head,
     ]
 

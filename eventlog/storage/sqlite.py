@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
-from ..envelope import Defaulted, Event, NewEvent
+from ..envelope import Event, NewEvent
 from .base import (
     Decide,
     EventStore,
@@ -64,7 +64,7 @@ def _event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
         informative=bool(row[13]),
         created_at=_moment(row[14]),
         ingested_at=_moment(row[15]),
-        defaulted=Defaulted(row[16]),
+        defaulted=row[16],
     )
 
 
@@ -86,7 +86,7 @@ def _row(event: Event) -> tuple[Any, ...]:
         int(event.informative),
         _micros(event.created_at),
         _micros(event.ingested_at),
-        int(event.defaulted),
+        event.defaulted,
     )
 
 
@@ -114,9 +114,11 @@ def _translated() -> Any:
         raise StoreError(f"sqlite: {e}") from e
 
 
-_FIND = (
-    f"SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
-    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+# The head of the log and the stored events among the keys, in one statement.
+_HEAD_AND_FIND = (
+    f"SELECT h.head, e.* FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM events) h "
+    f"LEFT JOIN (SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))) e"
 )
 _FIND_KEYS = (
     "SELECT key, fingerprint, outcome, created_at, expires_at FROM idempotency_keys "
@@ -226,10 +228,9 @@ class SqliteStore(EventStore):
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
         with self._immediate() as db:
-            existing: dict[Key, Event] = {}
-            if keys:
-                rows = db.execute(_FIND, (orjson.dumps(list(keys)).decode(),)).fetchall()
-                existing = {(r[1], r[2]): _event(r) for r in rows}
+            rows = db.execute(_HEAD_AND_FIND, (orjson.dumps(list(keys)).decode(),)).fetchall()
+            head = rows[0][0]
+            existing = {(r[2], r[3]): _event(r[1:]) for r in rows if r[1] is not None}
             records: dict[str, IdempotencyRecord] = {}
             if idempotency_keys:
                 found = db.execute(
@@ -239,7 +240,6 @@ class SqliteStore(EventStore):
             plan = decide(existing, records)
             stored: list[Event] = []
             if plan.events:
-                (head,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
                 stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
                 db.executemany(_INSERT, [_row(e) for e in stored])
             if plan.records:
