@@ -306,7 +306,7 @@ def _unstructure_event(event: Event) -> dict[str, Any]:
 
 
 converter = _make_converter()
-_FIELDS = frozenset(a.name for a in attrs.fields(Envelope))
+_structure_envelope_fields = converter.get_structure_hook(Envelope)
 
 
 # --- envelopes in -------------------------------------------------------------------------
@@ -330,7 +330,8 @@ def _summary(errors: list[FieldError]) -> str:
 def _structure_envelope(obj: Any, path: str) -> tuple[Envelope | None, list[FieldError]]:
     if type(obj) is not dict:
         return None, [FieldError(path, "must be a JSON object")]
-    data = {k: v for k, v in obj.items() if k in _FIELDS}
+    # The generated hook reads the canonical keys only; an alias is copied onto its field.
+    data = obj
     wire = {}  # canonical field -> the name the client used, for error paths
     errors = []
     for alias, canonical in ALIASES.items():
@@ -345,10 +346,12 @@ def _structure_envelope(obj: Any, path: str) -> tuple[Envelope | None, list[Fiel
                     )
                 )
         else:
+            if data is obj:
+                data = dict(obj)
             data[canonical] = obj[alias]
             wire[canonical] = alias
     try:
-        envelope = converter.structure(data, Envelope)
+        envelope = _structure_envelope_fields(data, Envelope)
     except ClassValidationError as exc:
         errors.extend(_field_errors(exc, path, wire))
         envelope = None
@@ -420,7 +423,7 @@ def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelo
     envelopes = []
     for index, item in enumerate(items):
         if inherited and type(item) is dict:
-            item = {**{k: v for k, v in inherited.items() if k not in item}, **item}
+            item = inherited | item  # the item's own fields win
         path = f"{prefix}[{index}]" if lines is None else f"line {lines[index]}: $"
         envelope, item_errors = _structure_envelope(item, path)
         errors += item_errors

@@ -112,7 +112,7 @@ def same_content(new: NewEvent, stored: NewEvent) -> bool:
     )
 
 
-@attrs.frozen
+@attrs.define
 class Appended:
     """What became of one event: the stored event, and whether it was stored before."""
 
@@ -336,12 +336,13 @@ class Writer:
                         continue
                 plan, own, conflict = [], {}, None
                 for event in job.events:
-                    prior = existing.get(event.key) or own.get(event.key) or pending.get(event.key)
+                    key = event.key
+                    prior = existing.get(key) or own.get(key) or pending.get(key)
                     if prior is None:
-                        own[event.key] = event
-                        plan.append((event.key, False))
+                        own[key] = event
+                        plan.append((key, False))
                     elif same_content(event, prior):
-                        plan.append((event.key, True))
+                        plan.append((key, True))
                     else:
                         conflict = event
                         break

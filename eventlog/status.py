@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["STATUS_PATTERN", "derive_status", "normalise_status"]
@@ -19,6 +20,8 @@ _RULES: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
+# Producers use a few dozen event types; a batch repeats them thousands of times.
+@functools.lru_cache(maxsize=4096)
 def derive_status(event_type: str) -> str:
     """Map an event type to FAILED, CANCELLED, COMPLETED or RUNNING by its whole words."""
     # Whole words, not substrings: "frame.abandoned" contains "done" but is not done.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +38,11 @@ _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _micros(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _moment(micros: int) -> datetime:
@@ -68,7 +71,7 @@ def _event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
     )
 
 
-def _row(event: Event) -> tuple[Any, ...]:
+def _row(event: Event, ingested_at: int) -> tuple[Any, ...]:
     return (
         event.seq,
         event.execution_id,
@@ -85,7 +88,7 @@ def _row(event: Event) -> tuple[Any, ...]:
         int(event.actionable),
         int(event.informative),
         _micros(event.created_at),
-        _micros(event.ingested_at),
+        ingested_at,
         event.defaulted,
     )
 
@@ -132,18 +135,27 @@ def _record(row: tuple[Any, ...]) -> IdempotencyRecord:
 
 
 class SqliteStore(EventStore):
-    """Events in one SQLite file.
+    """Events in one SQLite file, in WAL mode.
 
-    Writes run on one plain sqlite3 connection in a thread of their own, a whole transaction per
-    call: one hop between the event loop and the thread per group commit, where an aiosqlite
-    call per statement would cost a loop turn each. Reads use an aiosqlite connection.
+    Write transactions run on the event loop's thread, on one plain sqlite3 connection: a group
+    commit is a few hundred microseconds of work, and running it in a thread would cost more in
+    GIL hand-offs than it saves. What may block runs in a helper thread instead:
 
-    Durability: WAL with ``synchronous=FULL`` (the default here) syncs the log on every commit,
-    so an acknowledged event survives a crash of the process and of the machine; ``NORMAL``
-    survives a process crash only.
+    - the sync. The connection commits with ``synchronous=NORMAL`` (no fsync in COMMIT) and the
+      store then fsyncs the WAL file in the helper thread before ``write`` returns, so no event
+      is acknowledged before it is on disk, while the loop keeps serving requests meanwhile.
+      With ``synchronous="FULL"`` (the default) an acknowledged event survives a crash of the
+      process and of the machine; ``NORMAL`` skips the fsync and survives a process crash only.
+      (Readers may see a committed event a moment before its fsync ends; only a machine crash
+      in that moment could take it back.)
+    - waiting for another process's write lock: BEGIN IMMEDIATE is tried without waiting, and
+      on SQLITE_BUSY the transaction is run in the helper thread, which may wait.
+    - checkpoints: the loop's connection never checkpoints; the helper does, passively, once
+      the WAL has grown past a few megabytes.
     """
 
     backend = "sqlite"
+    CHECKPOINT_BYTES = 4 * 1024 * 1024
 
     def __init__(self, dsn: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000):
         if not dsn.startswith("sqlite:///"):
@@ -155,37 +167,33 @@ class SqliteStore(EventStore):
         self._busy_timeout_ms = busy_timeout_ms
         self._thread: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._wal_fd: int | None = None
+        self._write_lock = asyncio.Lock()
         self._reader: aiosqlite.Connection | None = None
 
-    def _pragmas(self) -> list[str]:
-        return [
-            f"PRAGMA busy_timeout = {self._busy_timeout_ms}",
-            "PRAGMA journal_mode = WAL",
-            f"PRAGMA synchronous = {self._synchronous}",
-        ]
-
-    def _connect_writer(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in self._pragmas():
-            db.execute(pragma)
+        db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # the WAL is synced by _sync_wal
         return db
 
-    async def _in_writer(self, call: Callable[..., T], *args: Any) -> T:
-        if self._thread is None or self._writer is None:
+    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
             raise StoreUnavailable("the store is not open")
-        loop = asyncio.get_running_loop()
         with _translated():
-            return await loop.run_in_executor(self._thread, call, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
 
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite-writer")
-            loop = asyncio.get_running_loop()
-            self._writer = await loop.run_in_executor(self._thread, self._connect_writer)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite")
+            self._writer = self._connect(0)
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpointer = self._connect(self._busy_timeout_ms)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            for pragma in self._pragmas():
-                await self._reader.execute(pragma)
+            await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         except (sqlite3.Error, OSError) as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
@@ -195,11 +203,21 @@ class SqliteStore(EventStore):
             await self._reader.close()
             self._reader = None
         if self._thread is not None:
-            if self._writer is not None:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
-                self._writer = None
             self._thread.shutdown()
             self._thread = None
+        for db in (self._writer, self._checkpointer):
+            if db is not None:
+                db.close()
+        self._writer = self._checkpointer = None
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+
+    @property
+    def _w(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        return self._writer
 
     @property
     def _r(self) -> aiosqlite.Connection:
@@ -207,14 +225,13 @@ class SqliteStore(EventStore):
             raise StoreUnavailable("the store is not open")
         return self._reader
 
-    # --- writes: each method below ending in _sync runs in the writer thread --------------
+    # --- writes ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _immediate(self) -> Any:
         """BEGIN IMMEDIATE takes SQLite's write lock up front (other processes included), so
         MAX(seq) + 1 … is read and written under one lock: seq order is commit order."""
-        db = self._writer
-        assert db is not None
+        db = self._w
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -223,6 +240,40 @@ class SqliteStore(EventStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    async def _locked(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a write transaction: here if the write lock is free, else in the helper thread,
+        which waits for it up to the busy timeout."""
+        async with self._write_lock:
+            try:
+                with _translated():
+                    return call(*args)
+            except StoreUnavailable as e:
+                if not isinstance(e.__cause__, sqlite3.OperationalError) or not str(
+                    e.__cause__
+                ).startswith("database is locked"):
+                    raise
+            return await self._in_thread(self._waiting, call, *args)
+
+    def _waiting(self, call: Callable[..., T], *args: Any) -> T:
+        db = self._w
+        db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        try:
+            return call(*args)
+        finally:
+            db.execute("PRAGMA busy_timeout = 0")
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL (runs in the helper thread); checkpoint it once it has grown."""
+        if self._wal_fd is None:
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        os.fdatasync(self._wal_fd)
+        if os.fstat(self._wal_fd).st_size > self.CHECKPOINT_BYTES and self._checkpointer:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def _durable(self) -> None:
+        if self._synchronous != "NORMAL":
+            await self._in_thread(self._sync_wal)
 
     def _write_sync(
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
@@ -241,7 +292,8 @@ class SqliteStore(EventStore):
             stored: list[Event] = []
             if plan.events:
                 stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
-                db.executemany(_INSERT, [_row(e) for e in stored])
+                ingested_at = _micros(now)
+                db.executemany(_INSERT, [_row(e, ingested_at) for e in stored])
             if plan.records:
                 db.executemany(
                     _SAVE_KEY,
@@ -255,7 +307,9 @@ class SqliteStore(EventStore):
     async def write(
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
-        return await self._in_writer(self._write_sync, keys, idempotency_keys, now, decide)
+        stored = await self._locked(self._write_sync, keys, idempotency_keys, now, decide)
+        await self._durable()
+        return stored
 
     def _purge_sync(self, now: datetime) -> int:
         with self._immediate() as db:
@@ -264,7 +318,9 @@ class SqliteStore(EventStore):
             ).rowcount
 
     async def purge_keys(self, now: datetime) -> int:
-        return await self._in_writer(self._purge_sync, now)
+        purged = await self._locked(self._purge_sync, now)
+        await self._durable()
+        return purged
 
     def _migrate_sync(self) -> list[str]:
         done = []
@@ -288,7 +344,9 @@ class SqliteStore(EventStore):
         return done
 
     async def migrate(self) -> list[str]:
-        return await self._in_writer(self._migrate_sync)
+        done = await self._locked(self._migrate_sync)
+        await self._durable()
+        return done
 
     # --- reads ----------------------------------------------------------------------------
 
