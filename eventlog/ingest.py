@@ -176,7 +176,6 @@ class Writer:
         max_batch: int,
         idempotency_ttl: float = 86_400.0,
         purge_interval: float = 300.0,
-        pipeline: int = 2,
     ) -> None:
         self._store = store
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
@@ -186,10 +185,11 @@ class Writer:
         self._ttl = timedelta(seconds=idempotency_ttl)
         self._purge_interval = purge_interval
         self._next_purge = 0.0
-        # Transactions handed to the store at once: with two, the store starts the next group
-        # the moment the previous one commits, without waiting for a turn of the event loop.
-        # The store still commits them one after the other (seq order stays commit order).
-        self._slots = asyncio.Semaphore(pipeline)
+        # Transactions handed to the store at once: with more than one, the store starts the
+        # next group the moment the previous one commits, without waiting for a turn of the
+        # event loop. The store still commits them one after the other (seq order stays commit
+        # order).
+        self._slots = asyncio.Semaphore(store.write_concurrency)
         self._task: asyncio.Task[None] | None = None
 
     @property

@@ -90,6 +90,9 @@ class EventStore(abc.ABC):
     """
 
     backend: ClassVar[str]
+    # How many write() calls the writer may have under way at once. The store still commits
+    # them one after another; the overlap hides the time between one commit and the next call.
+    write_concurrency: ClassVar[int] = 2
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -97,19 +97,41 @@ def _translated() -> Any:
         raise StoreError(f"postgresql: {e}") from e
 
 
-# Takes the write lock and, in the same round trip, reads the stored events among the keys.
-# The lock: every writer of this database (in this process or another) locks the one head row
-# first and holds it until commit, so seq values are taken in commit order. The events are read
-# under the statement's snapshot, which may predate a commit that happened while this statement
-# waited for the lock: such a key then fails the insert with a unique violation, and write()
-# retries with the lookup as a statement of its own (see _LOCK and _FIND).
-_LOCK_AND_FIND = f"""
-WITH head AS (SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE)
-SELECT head.last_seq, e.*
-FROM head LEFT JOIN LATERAL (
-    SELECT {_COLUMNS} FROM events
-    WHERE (execution_id, event_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
-) e ON true
+# The common case in one round trip and one implicit transaction: append a group in which no
+# key is stored yet. Moving the head takes its row lock (held to the end of the statement, so
+# seq values are taken in commit order across every instance) and happens only when none of
+# the keys is stored; the insert takes its seq values from the head. If some key is stored,
+# nothing is written and write() decides again in a transaction of its own. The lookup sees the
+# statement's snapshot, which may predate a commit made while this statement waited for the
+# lock; such a key fails the insert with a unique violation, and the same fallback applies.
+_APPEND_IF_NEW = """
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::text[], $12::boolean[], $13::boolean[], $14::timestamptz[],
+                         $15::smallint[]) WITH ORDINALITY
+        AS t(execution_id, event_id, step, event_type, status, payload, meta, worker_id,
+             result_kind, result_uri, event_ids, actionable, informative, created_at,
+             defaulted, ord)
+),
+stored AS (
+    SELECT 1 FROM events e JOIN input i USING (execution_id, event_id) LIMIT 1
+),
+head AS (
+    UPDATE eventlog_head SET last_seq = last_seq + (SELECT count(*) FROM input)
+    WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM stored)
+    RETURNING last_seq - (SELECT count(*) FROM input) AS base
+),
+ins AS (
+    INSERT INTO events (seq, execution_id, event_id, step, event_type, status, payload, meta,
+                        worker_id, result_kind, result_uri, event_ids, actionable, informative,
+                        created_at, ingested_at, defaulted)
+    SELECT head.base + i.ord, i.execution_id, i.event_id, i.step, i.event_type, i.status,
+           i.payload::json, i.meta::json, i.worker_id, i.result_kind, i.result_uri,
+           i.event_ids::json, i.actionable, i.informative, i.created_at, $16, i.defaulted
+    FROM input i, head
+)
+SELECT base FROM head
 """
 _LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
 _FIND = (
@@ -128,6 +150,27 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamp
 ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, outcome = EXCLUDED.outcome,
     created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
 """
+
+
+def _column_args(events: Sequence[NewEvent]) -> list[list[Any]]:
+    """The events' columns as parallel arrays, in _APPEND_IF_NEW's order."""
+    return [
+        [e.execution_id for e in events],
+        [e.event_id for e in events],
+        [e.step for e in events],
+        [e.event_type for e in events],
+        [e.status for e in events],
+        [e.payload_json for e in events],
+        [e.meta_json for e in events],
+        [e.worker_id for e in events],
+        [e.result_kind for e in events],
+        [e.result_uri for e in events],
+        [None if e.event_ids is None else orjson.dumps(e.event_ids).decode() for e in events],
+        [e.actionable for e in events],
+        [e.informative for e in events],
+        [e.created_at for e in events],
+        [e.defaulted for e in events],
+    ]
 
 
 def _insert_args(stored: list[Event], now: datetime, head: int) -> list[Any]:
@@ -248,11 +291,19 @@ class PostgresStore(EventStore):
     ) -> list[Event]:
         with _translated():
             async with self.pool.acquire() as conn:
-                try:
-                    return await self._write(conn, keys, idempotency_keys, now, decide, fast=True)
-                except asyncpg.UniqueViolationError:
-                    # Another instance committed one of these keys while we waited for the lock.
-                    return await self._write(conn, keys, idempotency_keys, now, decide, fast=False)
+                if not idempotency_keys:
+                    # Optimistic: decide as if nothing were stored, and append only if so.
+                    plan = decide({}, {})
+                    if plan.events and not plan.records:
+                        try:
+                            base = await conn.fetchval(
+                                _APPEND_IF_NEW, *_column_args(plan.events), now
+                            )
+                        except asyncpg.UniqueViolationError:
+                            base = None
+                        if base is not None:
+                            return [Event.stored(e, base + i, now) for i, e in enumerate(plan.events, 1)]
+                return await self._write(conn, keys, idempotency_keys, now, decide)
 
     async def _write(
         self,
@@ -261,19 +312,13 @@ class PostgresStore(EventStore):
         idempotency_keys: Sequence[str],
         now: datetime,
         decide: Decide,
-        *,
-        fast: bool,
     ) -> list[Event]:
+        """The general case: lock, look up (a fresh snapshot), decide, write, commit."""
         executions, event_ids = [k[0] for k in keys], [k[1] for k in keys]
         async with conn.transaction():
-            if fast:
-                rows = await conn.fetch(_LOCK_AND_FIND, executions, event_ids)
-                head = rows[0][0]
-                existing = {(r[2], r[3]): _event(r[1:]) for r in rows if r[1] is not None}
-            else:
-                head = await conn.fetchval(_LOCK)
-                found = await conn.fetch(_FIND, executions, event_ids) if keys else []
-                existing = {(r[1], r[2]): _event(r) for r in found}
+            head = await conn.fetchval(_LOCK)
+            found = await conn.fetch(_FIND, executions, event_ids) if keys else []
+            existing = {(r[1], r[2]): _event(r) for r in found}
             records: dict[str, IdempotencyRecord] = {}
             if idempotency_keys:
                 found = await conn.fetch(_FIND_KEYS, list(idempotency_keys), now)
