@@ -52,11 +52,13 @@ ALIASES = {"name": "event_type", "node_name": "step", "context": "payload"}
 
 # --- JSON ---------------------------------------------------------------------------------
 
-# orjson reads integers past 64 bits as floats, silently; a body with such a long digit run
-# goes through the standard library instead, which keeps every integer exact. (Mapping every
-# digit to 0 and searching for twenty zeros is ten times faster than a regex here.)
+# orjson reads integers outside -2^63 … 2^64-1 as floats, silently; a body with a digit run
+# that could be one (twenty digits, or a minus and nineteen) goes through the standard library
+# instead, which keeps every integer exact. (Mapping every digit to 0 and searching for runs of
+# zeros is ten times faster than a regex here.)
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TWENTY_DIGITS = b"0" * 20
+_NEGATIVE_NINETEEN = b"-" + b"0" * 19
 
 
 def _reject_constant(name: str) -> Any:
@@ -74,7 +76,8 @@ def loads(data: bytes) -> Any:
     """Parse a JSON document; raise EmptyBody or InvalidJson (400) when it is not one."""
     if not data.strip():
         raise EmptyBody("the request body is empty; send one JSON document")
-    if _TWENTY_DIGITS not in data.translate(_DIGITS_TO_ZERO):
+    shape = data.translate(_DIGITS_TO_ZERO)
+    if _TWENTY_DIGITS not in shape and _NEGATIVE_NINETEEN not in shape:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as e:
