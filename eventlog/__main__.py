@@ -1,4 +1,4 @@
-"""The command line: eventlog serve | migrate | ids decode."""
+"""The command line: eventlog serve | migrate | tail | export | import | ids decode."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from .config import ConfigError, Settings, load_settings
+from . import tools
 from .ids import decode
+from .problems import Problem
 from .storage.base import StoreError, open_store
 
 log = logging.getLogger("eventlog")
@@ -47,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply pending schema migrations and exit")
     _store_flags(migrate)
+
+    tail = commands.add_parser("tail", help="print the live stream as JSON lines")
+    tail.add_argument("--url", default="http://127.0.0.1:8080", help="the service's base URL")
+    tail.add_argument("--execution-id", type=int, help="one execution only")
+    tail.add_argument("--after", type=int, help="start after this seq (default: from now)")
+    for name in ("event-type", "step", "status", "worker-id"):
+        tail.add_argument(f"--{name}", help=f"only events with this {name.replace('-', '_')}")
+
+    export = commands.add_parser("export", help="write events as NDJSON to standard output")
+    _store_flags(export)
+    export.add_argument("--execution-id", type=int, help="one execution only")
+
+    imp = commands.add_parser("import", help="append the events of an NDJSON file")
+    _store_flags(imp)
+    imp.add_argument("file", help="NDJSON, one event per line (as `eventlog export` writes)")
 
     ids = commands.add_parser("ids", help="work with snowflake ids")
     id_commands = ids.add_subparsers(dest="ids_command", required=True)
@@ -138,6 +155,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "ids":
         return _decode(args.id)
+    if args.command == "tail":
+        logging.basicConfig(level="INFO", format="%(asctime)s %(message)s", stream=sys.stderr)
+        filters = {
+            k: v
+            for k in ("event_type", "step", "status", "worker_id")
+            if (v := getattr(args, k)) is not None
+        }
+        try:
+            return asyncio.run(
+                tools.tail(
+                    args.url,
+                    execution_id=args.execution_id,
+                    filters=filters,
+                    after=args.after,
+                    out=sys.stdout,
+                )
+            )
+        except KeyboardInterrupt:
+            return 130
     try:
         settings = _settings(args)
     except ConfigError as e:
@@ -151,7 +187,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))
+        if args.command == "export":
+            asyncio.run(tools.export(settings, args.execution_id, sys.stdout.buffer))
+            return 0
+        if args.command == "import":
+            asyncio.run(tools.import_file(settings, args.file, progress=sys.stderr.isatty()))
+            return 0
         return asyncio.run(_migrate(settings))
+    except Problem as e:
+        print(f"eventlog: {e.detail}", file=sys.stderr)
+        for error in e.errors or []:
+            print(f"  {error.path}: {error.message}", file=sys.stderr)
+        return 1
+    except (StoreError, OSError) as e:
+        print(f"eventlog: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -41,6 +41,7 @@ from .envelope import (
     Text,
     Timestamp,
 )
+from .storage.base import Execution
 from .problems import EmptyBody, FieldError, InvalidEnvelope, InvalidJson
 from .status import normalise_status
 
@@ -275,6 +276,7 @@ def _make_converter() -> cattrs.Converter:
     # Hooks for the field types go first: the class hook is generated against them.
     conv.register_structure_hook(Envelope, make_dict_structure_fn(Envelope, conv))
     conv.register_unstructure_hook(Event, _unstructure_event)
+    conv.register_unstructure_hook(Execution, _unstructure_execution)
     return conv
 
 
@@ -305,6 +307,18 @@ def _unstructure_event(event: Event) -> dict[str, Any]:
         "informative": event.informative,
         "created_at": format_timestamp(event.created_at),
         "ingested_at": format_timestamp(event.ingested_at),
+    }
+
+
+def _unstructure_execution(x: Execution) -> dict[str, Any]:
+    return {
+        "execution_id": str(x.execution_id),
+        "status": x.status,
+        "event_count": x.event_count,
+        "first_event_at": format_timestamp(x.first_event_at),
+        "last_event_at": format_timestamp(x.last_event_at),
+        "last_event_type": x.last_event_type,
+        "last_seq": str(x.last_seq),
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -191,6 +191,7 @@ class Writer:
         # order).
         self._slots = asyncio.Semaphore(store.write_concurrency)
         self._task: asyncio.Task[None] | None = None
+        self.on_commit: Callable[[], None] | None = None  # called after every transaction
 
     @property
     def queued_events(self) -> int:
@@ -239,7 +240,8 @@ class Writer:
         while not stopping:
             await self._slots.acquire()
             try:
-                job = await asyncio.wait_for(self._queue.get(), timeout=self._purge_interval)
+                async with asyncio.timeout(self._purge_interval):
+                    job = await self._queue.get()
             except TimeoutError:
                 self._slots.release()
                 await self._purge()
@@ -268,6 +270,8 @@ class Writer:
         finally:
             self._queued_events -= count
             self._slots.release()
+            if self.on_commit is not None:
+                self.on_commit()
 
     async def _purge(self) -> None:
         self._next_purge = time.monotonic() + self._purge_interval

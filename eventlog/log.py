@@ -12,7 +12,8 @@ from .envelope import Envelope, Event
 from .ids import SnowflakeGenerator
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .problems import DatabaseUnavailable, NotFound
-from .storage.base import EventStore, Page, StoreError, open_store
+from .storage.base import EventStore, Execution, Page, StoreError, open_store
+from .stream import Filter, Hub, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -33,6 +34,11 @@ class EventLog:
         self.settings = settings
         self.store = store or open_store(settings.dsn, **settings.store_options())
         self.ids = SnowflakeGenerator(settings.node_id)
+        self.hub = Hub(
+            self.store,
+            poll_interval=settings.stream_poll_interval,
+            queue_events=settings.stream_queue_events,
+        )
         self.writer = Writer(
             self.store,
             queue_events=settings.writer_queue_events,
@@ -52,14 +58,17 @@ class EventLog:
                 raise SchemaNotCurrent(
                     f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`"
                 )
+            await self.hub.start()
         except BaseException:
             await self.store.close()
             raise
+        self.writer.on_commit = self.hub.notify
         self.writer.start()
 
     async def close(self) -> None:
         """Commit what is queued, then close the store."""
         try:
+            await self.hub.stop()
             await self.writer.stop()
         finally:
             await self.store.close()
@@ -105,8 +114,28 @@ class EventLog:
         return event
 
     async def page(self, page: Page) -> list[Event]:
-        """One page of an execution's events in seq order."""
+        """One page of events in seq order."""
         return await _reading(lambda: self.store.page(page))
+
+    def subscribe(
+        self, filter: Filter, after: int | None = None, *, heartbeat: float | None = None
+    ) -> Subscription:
+        """Matching events with seq > ``after`` (from now when None), stored ones first, then
+        live, with no gap and no repeat; None on each quiet ``heartbeat``. Raises CutOff when
+        the subscriber falls too far behind. Use ``async with log.subscribe(...) as events:``."""
+        beat = self.settings.stream_heartbeat if heartbeat is None else heartbeat
+        return self.hub.subscribe(filter, after, heartbeat=beat)
+
+    async def execution(self, execution_id: int) -> Execution:
+        """One execution's summary; NotFound when it has no events."""
+        found = await _reading(lambda: self.store.execution(execution_id))
+        if found is None:
+            raise NotFound(f"no execution with id {execution_id}")
+        return found
+
+    async def executions(self, before: int | None = None, limit: int = 100) -> list[Execution]:
+        """Executions by newest activity first, older than the ``before`` cursor."""
+        return await _reading(lambda: self.store.executions(before, limit))
 
     async def ping(self) -> None:
         """Raise DatabaseUnavailable unless the store answers."""

@@ -13,6 +13,7 @@ from aiohttp import web
 from .codec import MAX_ID, converter, loads, loads_ndjson, structure_batch, structure_envelope
 from .config import Settings
 from .ingest import Idempotency
+from .envelope import Event
 from .log import EventLog
 from .problems import (
     BodyTooLarge,
@@ -24,6 +25,7 @@ from .problems import (
     problem_middleware,
 )
 from .storage.base import Page
+from .stream import CutOff, Filter
 
 SETTINGS = web.AppKey("settings", Settings)
 EVENT_LOG = web.AppKey("event_log", EventLog)
@@ -56,8 +58,13 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/api/events", post_event)
     app.router.add_post("/api/events/batch", post_batch)
+    app.router.add_get("/api/events", get_feed)
+    app.router.add_get("/api/events/stream", stream_events)  # before /api/events/{event_id}
     app.router.add_get("/api/events/{event_id}", get_event)
+    app.router.add_get("/api/executions", get_executions)
+    app.router.add_get("/api/executions/{execution_id}", get_execution)
     app.router.add_get("/api/executions/{execution_id}/events", get_execution_events)
+    app.router.add_get("/api/executions/{execution_id}/events/stream", stream_execution_events)
     app.router.add_get("/health", health)
     return app
 
@@ -190,6 +197,27 @@ async def get_event(request: web.Request) -> web.Response:
     return json_response(converter.unstructure(event))
 
 
+def _page_reply(events: list[Event], limit: int, **extra: Any) -> web.Response:
+    """The shared page shape: events, and the cursor of the next page (null on the last)."""
+    more = len(events) > limit
+    events = events[:limit]
+    return json_response(
+        {
+            **extra,
+            "events": [converter.unstructure(e) for e in events],
+            "next_cursor": str(events[-1].seq) if more else None,
+        }
+    )
+
+
+def _filter(request: web.Request, execution_id: int | None = None) -> Filter:
+    """The feed and stream filters from the query string."""
+    if execution_id is None and "execution_id" in request.query:
+        execution_id = _id(request.query["execution_id"], "$query.execution_id", low=1)
+    q = request.query
+    return Filter(execution_id, q.get("event_type"), q.get("step"), q.get("status"), q.get("worker_id"))
+
+
 async def get_execution_events(request: web.Request) -> web.Response:
     """One execution's events, a page at a time, in commit order."""
     execution_id = _id(request.match_info["execution_id"], "$path.execution_id", low=1)
@@ -203,15 +231,77 @@ async def get_execution_events(request: web.Request) -> web.Response:
         )
     page = Page(execution_id, after=after, limit=limit + 1, descending=order == "desc")
     events = await request.app[EVENT_LOG].page(page)
-    more = len(events) > limit
-    events = events[:limit]
+    return _page_reply(events, limit, execution_id=str(execution_id))
+
+
+async def get_feed(request: web.Request) -> web.Response:
+    """The whole log in commit order, filtered, a page at a time: a reader that follows
+    next_cursor sees every event once."""
+    limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
+    after = _query_int(request, "after", None, 0, MAX_ID)
+    page = _filter(request).page(after=after, limit=limit + 1)
+    return _page_reply(await request.app[EVENT_LOG].page(page), limit)
+
+
+async def get_executions(request: web.Request) -> web.Response:
+    """Executions by newest activity first; next_cursor pages on."""
+    limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
+    before = _query_int(request, "after", None, 0, MAX_ID)
+    found = await request.app[EVENT_LOG].executions(before, limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
     return json_response(
         {
-            "execution_id": str(execution_id),
-            "events": [converter.unstructure(e) for e in events],
-            "next_cursor": str(events[-1].seq) if more else None,
+            "executions": [converter.unstructure(x) for x in found],
+            "next_cursor": str(found[-1].last_seq) if more else None,
         }
     )
+
+
+async def get_execution(request: web.Request) -> web.Response:
+    """One execution at a glance; 404 when it has no events."""
+    execution_id = _id(request.match_info["execution_id"], "$path.execution_id", low=1)
+    return json_response(converter.unstructure(await request.app[EVENT_LOG].execution(execution_id)))
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """The log as Server-Sent Events (filters as for the feed)."""
+    return await _stream(request, _filter(request))
+
+
+async def stream_execution_events(request: web.Request) -> web.StreamResponse:
+    """One execution's events as Server-Sent Events."""
+    execution_id = _id(request.match_info["execution_id"], "$path.execution_id", low=1)
+    return await _stream(request, _filter(request, execution_id))
+
+
+async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
+    """Each event is a message whose id is its seq; Last-Event-ID (or ?after=) resumes."""
+    resume = request.headers.get("Last-Event-ID")
+    if resume is not None:
+        after: int | None = _id(resume.strip(), "$header.Last-Event-ID")
+    else:
+        after = _query_int(request, "after", None, 0, MAX_ID)
+    event_log = request.app[EVENT_LOG]
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    try:
+        async with event_log.subscribe(filter, after) as events:
+            await response.prepare(request)
+            await response.write(b": stream open\n\n")  # subscribed: live events are kept
+            async for event in events:
+                if event is None:
+                    await response.write(b": keep-alive\n\n")
+                else:
+                    data = orjson.dumps(converter.unstructure(event))
+                    await response.write(b"id: %d\ndata: %s\n\n" % (event.seq, data))
+    except CutOff as e:
+        final = orjson.dumps({"reason": "too far behind", "resume_after": str(e.last_seq)})
+        await response.write(b"event: cutoff\nid: %d\ndata: %s\n\n" % (e.last_seq, final))
+    except ConnectionResetError:
+        pass  # the client went away
+    return response
 
 
 async def health(request: web.Request) -> web.Response:

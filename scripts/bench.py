@@ -13,6 +13,7 @@ Scenarios:
   batch 100 / 1000  eventlog batches, SQLite and PostgreSQL
   raw driver        the same rows straight through the driver, one transaction per batch:
                     executemany (aiosqlite) and copy_records_to_table (asyncpg)
+  stream latency    100 live SSE subscribers while events are written: commit to delivery
 """
 
 from __future__ import annotations
@@ -145,6 +146,59 @@ async def loadgen(opts: dict[str, Any]) -> dict[str, Any]:
         "requests": len(latencies),
         "statuses": statuses,
         "seconds": opts["duration"],
+        "p50": latencies[len(latencies) // 2] if latencies else None,
+        "p99": latencies[int(len(latencies) * 0.99)] if latencies else None,
+    }
+
+
+async def streamgen(opts: dict[str, Any]) -> dict[str, Any]:
+    """``subscribers`` live streams while events are posted at ``rate``: the delay from each
+    event's ingested_at (taken in its commit) to its arrival at each subscriber."""
+    host, port = opts["host"], opts["port"]
+    latencies: list[float] = []
+    ready = asyncio.Event()
+    opened = 0
+    end = time.time() + opts["warmup"] + opts["duration"]
+    measure_from = time.time() + opts["warmup"]
+
+    async def subscriber() -> None:
+        nonlocal opened
+        reader, writer = await asyncio.open_connection(host, port, limit=2**22)
+        writer.write(f"GET /api/events/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        opened += 1
+        if opened == opts["subscribers"]:
+            ready.set()
+        while time.time() < end + 1:
+            try:
+                line = await asyncio.wait_for(reader.readline(), timeout=max(0.1, end + 1 - time.time()))
+            except TimeoutError:
+                break
+            at = line.find(b'"ingested_at":"')
+            if at < 0:
+                continue
+            arrived = time.time()
+            stamp = line[at + 15 : at + 42].decode()
+            ingested = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            if ingested >= measure_from:
+                latencies.append(arrived - ingested)
+        writer.close()
+
+    async def producer() -> None:
+        await ready.wait()
+        reader, writer = await asyncio.open_connection(host, port)
+        interval, start, n = 1.0 / opts["rate"], time.time(), 0
+        while (now := time.time()) < end:
+            n += 1
+            await exchange(reader, writer, request_bytes("/api/events", single_body(n, opts["run"])))
+            if (delay := start + n * interval - time.time()) > 0:
+                await asyncio.sleep(delay)
+        writer.close()
+
+    await asyncio.gather(producer(), *(subscriber() for _ in range(opts["subscribers"])))
+    latencies.sort()
+    return {
+        "deliveries": len(latencies),
         "p50": latencies[len(latencies) // 2] if latencies else None,
         "p99": latencies[int(len(latencies) * 0.99)] if latencies else None,
     }
@@ -385,6 +439,16 @@ def main_bench(opts: argparse.Namespace) -> None:
                 best = summary(results)
                 best["rss"] = server.peak_rss_mb()
                 rows.append(row("eventlog half rate", backend, f"{rate:.0f}/s open loop", best, None, None))
+                spec = {"host": "127.0.0.1", "port": port, "subscribers": opts.subscribers,
+                        "rate": opts.stream_rate, "run": next(runs), "warmup": opts.warmup,
+                        "duration": opts.duration}
+                out = subprocess.run([PYTHON, __file__, "streamgen", json.dumps(spec)],
+                                     capture_output=True, text=True, check=True)
+                result = json.loads(out.stdout)
+                result["events_per_s"] = opts.stream_rate
+                result["rss"] = server.peak_rss_mb()
+                rows.append(row(f"stream latency, {opts.subscribers} subscribers", backend,
+                                f"{opts.stream_rate}/s written", result, None, None))
                 driver = "executemany" if backend == "sqlite" else "copy_records_to_table"
                 for size in opts.batch:
 
@@ -447,6 +511,8 @@ def print_table(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
             target = f"≥ {r['target']:.0%} {'met' if r['ratio'] >= r['target'] else 'MISSED'}"
         if r["name"].endswith("half rate"):
             target = f"p99 ≤ 20 ms {'met' if r['p99'] is not None and r['p99'] <= 0.020 else 'MISSED'}"
+        if r["name"].startswith("stream latency"):
+            target = f"p99 ≤ 100 ms {'met' if r['p99'] is not None and r['p99'] <= 0.100 else 'MISSED'}"
         rss = "-" if r["rss"] is None else f"{r['rss']:.0f}"
         base = "-" if r["baseline_eps"] is None else f"{r['baseline_eps']:,.0f}"
         errors = f" ({r['non200']} non-200)" if r["non200"] else ""
@@ -461,6 +527,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
         print(json.dumps(asyncio.run(loadgen(json.loads(sys.argv[2])))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "streamgen":
+        print(json.dumps(asyncio.run(streamgen(json.loads(sys.argv[2])))))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "bare-server":
         bare_server(int(sys.argv[3]))
         return
@@ -471,6 +540,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument("--subscribers", type=int, default=100, help="live streams in the latency run")
+    parser.add_argument("--stream-rate", type=int, default=500, help="events/s written in the latency run")
     parser.add_argument("--pg", help="admin DSN of the PostgreSQL to use (default: EVENTLOG_TEST_PG_DSN or 127.0.0.1:5432)")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     main_bench(parser.parse_args())

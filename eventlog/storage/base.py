@@ -29,12 +29,87 @@ class ValueNotStorable(StoreError):
 
 @attrs.frozen
 class Page:
-    """Which slice of one execution's events to read."""
+    """Which slice of the log to read: events in seq order, past a cursor, matching filters."""
 
-    execution_id: int
+    execution_id: int | None = None
     after: int | None = None  # a seq; the page starts just past it in the chosen order
     limit: int = 100
     descending: bool = False
+    until: int | None = None  # a seq; nothing past it
+    event_type: str | None = None
+    step: str | None = None
+    status: str | None = None
+    worker_id: str | None = None
+
+    def conditions(self) -> list[tuple[str, str, object]]:
+        """(column, operator, value) for every bound of this page, in a fixed order."""
+        out: list[tuple[str, str, object]] = []
+        for column in ("execution_id", "event_type", "step", "status", "worker_id"):
+            value = getattr(self, column)
+            if value is not None:
+                out.append((column, "=", value))
+        if self.after is not None:
+            out.append(("seq", "<" if self.descending else ">", self.after))
+        if self.until is not None:
+            out.append(("seq", "<=", self.until))
+        return out
+
+
+@attrs.frozen
+class Execution:
+    """One execution at a glance, kept up to date by every write."""
+
+    execution_id: int
+    event_count: int
+    first_event_at: datetime
+    last_event_at: datetime
+    last_event_type: str
+    last_seq: int
+    status: str
+
+
+# Event types that end an execution, and the status each one sets.
+TERMINAL_EVENTS = {
+    "playbook.completed": "COMPLETED",
+    "playbook.failed": "FAILED",
+    "playbook.cancelled": "CANCELLED",
+    "playbook_completed": "COMPLETED",
+    "playbook_failed": "FAILED",
+    "playbook_cancelled": "CANCELLED",
+    "workflow.completed": "COMPLETED",
+    "workflow.failed": "FAILED",
+    "execution.cancelled": "CANCELLED",
+}
+
+
+@attrs.frozen
+class ExecutionDelta:
+    """What one transaction adds to one execution's summary."""
+
+    execution_id: int
+    count: int
+    first_event_at: datetime
+    last_event_at: datetime
+    last_event_type: str
+    last_index: int  # position (1-based) of its newest event in the transaction
+    terminal: str | None  # the status its newest terminal event sets, if it has one
+
+
+def execution_deltas(events: Sequence[NewEvent]) -> list[ExecutionDelta]:
+    """Fold a transaction's events (in seq order) into one delta per execution."""
+    acc: dict[int, list] = {}
+    for index, e in enumerate(events, 1):
+        terminal = TERMINAL_EVENTS.get(e.event_type.lower())
+        a = acc.get(e.execution_id)
+        if a is None:
+            acc[e.execution_id] = [1, e.created_at, e.created_at, e.event_type, index, terminal]
+            continue
+        a[0] += 1
+        a[1] = min(a[1], e.created_at)
+        a[2] = max(a[2], e.created_at)
+        a[3], a[4] = e.event_type, index
+        a[5] = terminal or a[5]
+    return [ExecutionDelta(x, *a) for x, a in acc.items()]
 
 
 @attrs.frozen
@@ -137,7 +212,23 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def page(self, page: Page) -> list[Event]:
-        """Up to ``page.limit`` events of one execution in seq order."""
+        """Up to ``page.limit`` events matching the page, in seq order."""
+
+    @abc.abstractmethod
+    async def head(self) -> int:
+        """The highest seq committed so far (0 for an empty log)."""
+
+    @abc.abstractmethod
+    async def execution(self, execution_id: int) -> Execution | None:
+        """One execution's summary."""
+
+    @abc.abstractmethod
+    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+        """Executions by newest activity first (their last seq), those with last seq < before."""
+
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when another process commits events (where the database can tell;
+        readers poll as well, so a missed call only delays)."""
 
     async def __aenter__(self) -> EventStore:
         await self.open()

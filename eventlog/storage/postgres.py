@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,12 +14,14 @@ from ..envelope import Event, NewEvent
 from .base import (
     Decide,
     EventStore,
+    Execution,
     IdempotencyRecord,
     Key,
     Page,
     StoreError,
     StoreUnavailable,
     ValueNotStorable,
+    execution_deltas,
     load_migrations,
 )
 
@@ -104,7 +106,25 @@ def _translated() -> Any:
 # nothing is written and write() decides again in a transaction of its own. The lookup sees the
 # statement's snapshot, which may predate a commit made while this statement waited for the
 # lock; such a key fails the insert with a unique violation, and the same fallback applies.
-_APPEND_IF_NEW = """
+_EXECUTION_UPDATE = """
+    event_count = executions.event_count + EXCLUDED.event_count,
+    first_event_at = LEAST(executions.first_event_at, EXCLUDED.first_event_at),
+    last_event_at = GREATEST(executions.last_event_at, EXCLUDED.last_event_at),
+    last_event_type = EXCLUDED.last_event_type,
+    last_seq = EXCLUDED.last_seq,
+    status = CASE WHEN EXCLUDED.status = 'RUNNING' THEN executions.status ELSE EXCLUDED.status END
+"""
+_UPSERT_EXECUTIONS = f"""
+INSERT INTO executions (execution_id, event_count, first_event_at, last_event_at,
+                        last_event_type, last_seq, status)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[],
+                     $5::text[], $6::bigint[], $7::text[])
+ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
+"""
+_EXECUTION_COLUMNS = (
+    "execution_id, event_count, first_event_at, last_event_at, last_event_type, last_seq, status"
+)
+_APPEND_IF_NEW = f"""
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
@@ -130,8 +150,18 @@ ins AS (
            i.payload::json, i.meta::json, i.worker_id, i.result_kind, i.result_uri,
            i.event_ids::json, i.actionable, i.informative, i.created_at, $16, i.defaulted
     FROM input i, head
+),
+executions_up AS (
+    INSERT INTO executions (execution_id, event_count, first_event_at, last_event_at,
+                            last_event_type, last_seq, status)
+    SELECT d.execution_id, d.count, d.first_at, d.last_at, d.last_type, head.base + d.last_index,
+           d.status
+    FROM unnest($17::bigint[], $18::bigint[], $19::timestamptz[], $20::timestamptz[],
+                $21::text[], $22::bigint[], $23::text[])
+         AS d(execution_id, count, first_at, last_at, last_type, last_index, status), head
+    ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 )
-SELECT base FROM head
+SELECT base, pg_notify('eventlog', base::text) FROM head
 """
 _LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
 _FIND = (
@@ -170,6 +200,20 @@ def _column_args(events: Sequence[NewEvent]) -> list[list[Any]]:
         [e.informative for e in events],
         [e.created_at for e in events],
         [e.defaulted for e in events],
+    ]
+
+
+def _delta_args(events: Sequence[NewEvent], base: int) -> list[list[Any]]:
+    """Per-execution summary changes as parallel arrays; last_seq is base + position."""
+    deltas = execution_deltas(events)
+    return [
+        [d.execution_id for d in deltas],
+        [d.count for d in deltas],
+        [d.first_event_at for d in deltas],
+        [d.last_event_at for d in deltas],
+        [d.last_event_type for d in deltas],
+        [base + d.last_index for d in deltas],
+        [d.terminal or "RUNNING" for d in deltas],
     ]
 
 
@@ -216,6 +260,7 @@ class PostgresStore(EventStore):
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
 
     async def open(self) -> None:
         with _translated():
@@ -233,6 +278,10 @@ class PostgresStore(EventStore):
             )
 
     async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(*_UNAVAILABLE):
+                await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -302,7 +351,10 @@ class PostgresStore(EventStore):
                     if plan.events and not plan.records:
                         try:
                             base = await conn.fetchval(
-                                _APPEND_IF_NEW, *_column_args(plan.events), now
+                                _APPEND_IF_NEW,
+                                *_column_args(plan.events),
+                                now,
+                                *_delta_args(plan.events, 0),
                             )
                         except asyncpg.UniqueViolationError:
                             base = None
@@ -332,6 +384,8 @@ class PostgresStore(EventStore):
             stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
             if stored:
                 await conn.execute(_INSERT, *_insert_args(stored, now, head + len(stored)))
+                await conn.execute(_UPSERT_EXECUTIONS, *_delta_args(plan.events, head))
+                await conn.execute("SELECT pg_notify('eventlog', $1)", str(head + len(stored)))
             if plan.records:
                 await conn.execute(
                     _SAVE_KEYS,
@@ -366,14 +420,43 @@ class PostgresStore(EventStore):
         return None if row is None else _event(row)
 
     async def page(self, page: Page) -> list[Event]:
-        op, order = ("<", "DESC") if page.descending else (">", "ASC")
-        sql = f"SELECT {_COLUMNS} FROM events WHERE execution_id = $1"
-        args: tuple[int, ...] = (page.execution_id,)
-        if page.after is not None:
-            sql += f" AND seq {op} $2"
-            args += (page.after,)
+        conditions = page.conditions()
+        where = " AND ".join(
+            f"{column} {op} ${i}" for i, (column, op, _) in enumerate(conditions, 1)
+        ) or "true"
+        order = "DESC" if page.descending else "ASC"
         with _translated():
             rows = await self.pool.fetch(
-                f"{sql} ORDER BY seq {order} LIMIT ${len(args) + 1}", *args, page.limit
+                f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq {order} "
+                f"LIMIT ${len(conditions) + 1}",
+                *(value for _, _, value in conditions),
+                page.limit,
             )
         return [_event(r) for r in rows]
+
+    async def head(self) -> int:
+        with _translated():
+            return await self.pool.fetchval("SELECT last_seq FROM eventlog_head WHERE id = 1")
+
+    async def execution(self, execution_id: int) -> Execution | None:
+        with _translated():
+            row = await self.pool.fetchrow(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1",
+                execution_id,
+            )
+        return None if row is None else Execution(*row)
+
+    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+        with _translated():
+            rows = await self.pool.fetch(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1 "
+                "ORDER BY last_seq DESC LIMIT $2",
+                2**63 - 1 if before is None else before,
+                limit,
+            )
+        return [Execution(*r) for r in rows]
+
+    async def listen(self, callback: Callable[[], None]) -> None:
+        with _translated():
+            self._listener = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
+            await self._listener.add_listener("eventlog", lambda *_: callback())

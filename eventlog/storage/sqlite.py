@@ -19,11 +19,13 @@ from ..envelope import Event, NewEvent
 from .base import (
     Decide,
     EventStore,
+    Execution,
     IdempotencyRecord,
     Key,
     Page,
     StoreError,
     StoreUnavailable,
+    execution_deltas,
     load_migrations,
 )
 
@@ -143,6 +145,23 @@ _FIND_KEYS = (
     "WHERE key IN (SELECT value FROM json_each(?)) AND expires_at > ?"
 )
 _SAVE_KEY = "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)"
+_UPSERT_EXECUTION = """
+INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (execution_id) DO UPDATE SET
+    event_count = event_count + excluded.event_count,
+    first_event_at = min(first_event_at, excluded.first_event_at),
+    last_event_at = max(last_event_at, excluded.last_event_at),
+    last_event_type = excluded.last_event_type,
+    last_seq = excluded.last_seq,
+    status = CASE WHEN excluded.status = 'RUNNING' THEN executions.status ELSE excluded.status END
+"""
+_EXECUTION_COLUMNS = (
+    "execution_id, event_count, first_event_at, last_event_at, last_event_type, last_seq, status"
+)
+
+
+def _execution(row: tuple[Any, ...]) -> Execution:
+    return Execution(row[0], row[1], _moment(row[2]), _moment(row[3]), row[4], row[5], row[6])
 
 
 def _record(row: tuple[Any, ...]) -> IdempotencyRecord:
@@ -262,6 +281,14 @@ class SqliteStore(EventStore):
                 stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
                 ingested_at = _micros(now)
                 _insert_rows(db, [_row(e, ingested_at) for e in stored])
+                db.executemany(
+                    _UPSERT_EXECUTION,
+                    [
+                        (d.execution_id, d.count, _micros(d.first_event_at), _micros(d.last_event_at),
+                         d.last_event_type, head + d.last_index, d.terminal or "RUNNING")
+                        for d in execution_deltas(plan.events)
+                    ],
+                )
             if plan.records:
                 db.executemany(
                     _SAVE_KEY,
@@ -349,13 +376,38 @@ class SqliteStore(EventStore):
         return None if row is None else _event(row)
 
     async def page(self, page: Page) -> list[Event]:
-        op, order = ("<", "DESC") if page.descending else (">", "ASC")
-        sql = f"SELECT {_COLUMNS} FROM events WHERE execution_id = ?"
-        args: tuple[int, ...] = (page.execution_id,)
-        if page.after is not None:
-            sql += f" AND seq {op} ?"
-            args += (page.after,)
+        where = " AND ".join(f"{column} {op} ?" for column, op, _ in page.conditions()) or "1"
+        args = [value for _, _, value in page.conditions()]
+        order = "DESC" if page.descending else "ASC"
         with _translated():
-            cursor = await self._r.execute(f"{sql} ORDER BY seq {order} LIMIT ?", (*args, page.limit))
+            cursor = await self._r.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq {order} LIMIT ?",
+                (*args, page.limit),
+            )
             rows = await cursor.fetchall()
         return [_event(r) for r in rows]
+
+    async def head(self) -> int:
+        with _translated():
+            cursor = await self._r.execute("SELECT COALESCE(MAX(seq), 0) FROM events")
+            (head,) = await cursor.fetchone()  # type: ignore[misc]
+        return head
+
+    async def execution(self, execution_id: int) -> Execution | None:
+        with _translated():
+            cursor = await self._r.execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE execution_id = ?",
+                (execution_id,),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else _execution(row)
+
+    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+        with _translated():
+            cursor = await self._r.execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < ? "
+                "ORDER BY last_seq DESC LIMIT ?",
+                (2**63 - 1 if before is None else before, limit),
+            )
+            rows = await cursor.fetchall()
+        return [_execution(r) for r in rows]

@@ -1,0 +1,209 @@
+"""Live subscriptions: one reader follows the log by seq and fans new events out.
+
+Why this never skips: seq is assigned under the log's write lock and grows in commit order
+(storage/base.py), so when an event with seq N is visible, every event below N is visible too.
+The hub reads "seq > last seen" from the store — one query per wake-up, shared by every
+subscriber — rather than trusting what any one writer pushed, so events written by other
+processes arrive the same way as our own. Wake-ups come from our writer after each commit,
+from PostgreSQL's LISTEN/NOTIFY for other instances, and from a poll timer, so a lost
+notification only delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import attrs
+
+from .envelope import Event
+from .storage.base import EventStore, Page, StoreError
+
+log = logging.getLogger("eventlog.stream")
+
+READ_PAGE = 1000
+
+
+@attrs.frozen
+class Filter:
+    """What a subscriber wants; None matches anything."""
+
+    execution_id: int | None = None
+    event_type: str | None = None
+    step: str | None = None
+    status: str | None = None
+    worker_id: str | None = None
+
+    def matches(self, e: Event) -> bool:
+        """Whether ``e`` passes every set field."""
+        return (
+            (self.execution_id is None or e.execution_id == self.execution_id)
+            and (self.event_type is None or e.event_type == self.event_type)
+            and (self.step is None or e.step == self.step)
+            and (self.status is None or e.status == self.status)
+            and (self.worker_id is None or e.worker_id == self.worker_id)
+        )
+
+    def page(self, **bounds: int | None) -> Page:
+        """A store page with these filters and bounds."""
+        return Page(**attrs.asdict(self), **bounds)  # type: ignore[arg-type]
+
+
+class CutOff(Exception):
+    """The subscriber fell too far behind; it should resume from ``last_seq``."""
+
+    def __init__(self, last_seq: int) -> None:
+        super().__init__(f"too far behind; resume after seq {last_seq}")
+        self.last_seq = last_seq
+
+
+@attrs.define(eq=False)
+class _Subscriber:
+    filter: Filter
+    queue: asyncio.Queue[Event]
+    overflowed: bool = False
+
+
+class Hub:
+    """Follows the store's head and hands new events to subscribers."""
+
+    def __init__(
+        self, store: EventStore, *, poll_interval: float = 1.0, queue_events: int = 1000
+    ) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
+        self._queue_events = queue_events
+        self._subscribers: set[_Subscriber] = set()
+        self._wake = asyncio.Event()
+        self._last = 0
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq handed out so far."""
+        return self._last
+
+    @property
+    def subscriber_count(self) -> int:
+        """Live subscribers."""
+        return len(self._subscribers)
+
+    async def start(self) -> None:
+        """Start following from the store's current head."""
+        self._last = await self._store.head()
+        with contextlib.suppress(StoreError):
+            await self._store.listen(self.notify)
+        self._task = asyncio.create_task(self._run(), name="eventlog-hub")
+
+    async def stop(self) -> None:
+        """Stop following; subscribers see the end of their stream."""
+        if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            await self._task
+            self._task = None
+
+    def notify(self) -> None:
+        """Something was committed: read the store soon."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._catch_up()
+            except StoreError as e:
+                log.warning("stream hub cannot read the store: %s", e)
+
+    async def _catch_up(self) -> None:
+        if not self._subscribers:
+            # Nobody to hand events to: only move the mark new subscribers start from.
+            head = await self._store.head()
+            if not self._subscribers:  # (nobody subscribed while we read the head)
+                self._last = max(self._last, head)
+                return
+        while not self._stopping:
+            events = await self._store.page(Page(after=self._last, limit=READ_PAGE))
+            for event in events:
+                self._fan_out(event)
+                self._last = event.seq
+            if len(events) < READ_PAGE:
+                return
+
+    def _fan_out(self, event: Event) -> None:
+        for sub in list(self._subscribers):
+            if not sub.filter.matches(event):
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # Memory stays bounded: this subscriber gets no more and is told to resume.
+                sub.overflowed = True
+                self._subscribers.discard(sub)
+
+    def subscribe(self, filter: Filter, after: int | None, *, heartbeat: float) -> Subscription:
+        """A subscription to events matching ``filter`` with seq > ``after`` (from now when
+        None); see Subscription."""
+        return Subscription(self, filter, after, heartbeat)
+
+
+class Subscription:
+    """``async with hub.subscribe(...) as events: async for event in events``.
+
+    Yields the matching events, first those already stored, then live ones, with no gap and
+    no repeat; None after each quiet ``heartbeat``. Raises CutOff when the subscriber falls too
+    far behind. Live events are collected from the moment the block is entered.
+    """
+
+    def __init__(self, hub: Hub, filter: Filter, after: int | None, heartbeat: float) -> None:
+        self._hub = hub
+        self._sub = _Subscriber(filter, asyncio.Queue(hub._queue_events))
+        self._after = after
+        self._heartbeat = heartbeat
+        self._start = 0
+
+    async def __aenter__(self) -> Subscription:
+        self._hub._subscribers.add(self._sub)
+        self._start = self._hub.last_seq  # from here on the queue has every match
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._hub._subscribers.discard(self._sub)
+
+    def __aiter__(self) -> AsyncIterator[Event | None]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event | None]:
+        sub, start, store = self._sub, self._start, self._hub._store
+        sent = start if self._after is None else self._after
+        # What was missed, read from the store up to where the queue takes over.
+        while sent < start:
+            events = await store.page(sub.filter.page(after=sent, until=start, limit=READ_PAGE))
+            for event in events:
+                yield event
+                sent = event.seq
+            if len(events) < READ_PAGE:
+                break
+        sent = max(sent, start)
+        while True:
+            if sub.overflowed and sub.queue.empty():
+                raise CutOff(sent)
+            try:
+                async with asyncio.timeout(self._heartbeat):
+                    event = await sub.queue.get()
+            except TimeoutError:
+                yield None
+                continue
+            if event.seq <= sent:
+                continue  # already sent from the store
+            yield event
+            sent = event.seq
