@@ -24,6 +24,7 @@ from .storage.base import EventStore, Page, StoreError
 log = logging.getLogger("eventlog.stream")
 
 READ_PAGE = 1000
+COALESCE = 0.02  # seconds a wake-up waits for more commits before reading
 
 
 @attrs.frozen
@@ -62,7 +63,9 @@ class CutOff(Exception):
 @attrs.define(eq=False)
 class _Subscriber:
     filter: Filter
-    queue: asyncio.Queue[Event]
+    limit: int  # most events waiting; past it, the subscriber is cut off
+    queue: asyncio.Queue[list[Event]] = attrs.Factory(asyncio.Queue)
+    waiting: int = 0
     overflowed: bool = False
 
 
@@ -116,6 +119,8 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
                     await self._wake.wait()
+            if self._subscribers:
+                await asyncio.sleep(COALESCE)  # let commits close together share one read
             self._wake.clear()
             if self._stopping:
                 return
@@ -133,22 +138,27 @@ class Hub:
                 return
         while not self._stopping:
             events = await self._store.page(Page(after=self._last, limit=READ_PAGE))
-            for event in events:
-                self._fan_out(event)
-                self._last = event.seq
+            if events:
+                self._fan_out(events)
+                self._last = events[-1].seq
             if len(events) < READ_PAGE:
                 return
 
-    def _fan_out(self, event: Event) -> None:
+    def _fan_out(self, events: list[Event]) -> None:
+        # One queue item per subscriber per read, not per event: a hundred subscribers cost a
+        # hundred wake-ups per read, however many events it brought.
         for sub in list(self._subscribers):
-            if not sub.filter.matches(event):
+            matching = [e for e in events if sub.filter.matches(e)]
+            if not matching:
                 continue
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
+            if sub.waiting + len(matching) > sub.limit:
                 # Memory stays bounded: this subscriber gets no more and is told to resume.
                 sub.overflowed = True
                 self._subscribers.discard(sub)
+                sub.queue.put_nowait([])  # wake it, so it notices
+                continue
+            sub.waiting += len(matching)
+            sub.queue.put_nowait(matching)
 
     def subscribe(self, filter: Filter, after: int | None, *, heartbeat: float) -> Subscription:
         """A subscription to events matching ``filter`` with seq > ``after`` (from now when
@@ -166,7 +176,7 @@ class Subscription:
 
     def __init__(self, hub: Hub, filter: Filter, after: int | None, heartbeat: float) -> None:
         self._hub = hub
-        self._sub = _Subscriber(filter, asyncio.Queue(hub._queue_events))
+        self._sub = _Subscriber(filter, hub._queue_events)
         self._after = after
         self._heartbeat = heartbeat
         self._start = 0
@@ -179,18 +189,25 @@ class Subscription:
     async def __aexit__(self, *exc: object) -> None:
         self._hub._subscribers.discard(self._sub)
 
-    def __aiter__(self) -> AsyncIterator[Event | None]:
-        return self._events()
+    async def __aiter__(self) -> AsyncIterator[Event | None]:
+        async for chunk in self.chunks():
+            if chunk is None:
+                yield None
+            else:
+                for event in chunk:
+                    yield event
 
-    async def _events(self) -> AsyncIterator[Event | None]:
+    async def chunks(self) -> AsyncIterator[list[Event] | None]:
+        """The same events, in lists of those that arrived together (for writers that can send
+        several at once)."""
         sub, start, store = self._sub, self._start, self._hub._store
         sent = start if self._after is None else self._after
         # What was missed, read from the store up to where the queue takes over.
         while sent < start:
             events = await store.page(sub.filter.page(after=sent, until=start, limit=READ_PAGE))
-            for event in events:
-                yield event
-                sent = event.seq
+            if events:
+                yield events
+                sent = events[-1].seq
             if len(events) < READ_PAGE:
                 break
         sent = max(sent, start)
@@ -199,11 +216,12 @@ class Subscription:
                 raise CutOff(sent)
             try:
                 async with asyncio.timeout(self._heartbeat):
-                    event = await sub.queue.get()
+                    chunk = await sub.queue.get()
             except TimeoutError:
                 yield None
                 continue
-            if event.seq <= sent:
-                continue  # already sent from the store
-            yield event
-            sent = event.seq
+            sub.waiting -= len(chunk)
+            fresh = [e for e in chunk if e.seq > sent]  # not already sent from the store
+            if fresh:
+                yield fresh
+                sent = fresh[-1].seq

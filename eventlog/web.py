@@ -29,6 +29,8 @@ from .stream import CutOff, Filter
 
 SETTINGS = web.AppKey("settings", Settings)
 EVENT_LOG = web.AppKey("event_log", EventLog)
+SSE_CACHE = web.AppKey("sse_cache", dict)
+SSE_CACHE_SIZE = 4096
 
 MAX_PAGE = 1000
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -47,6 +49,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
         client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes),
     )
     app[SETTINGS] = settings
+    app[SSE_CACHE] = {}
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         log = event_log or EventLog(settings)
@@ -275,6 +278,18 @@ async def stream_execution_events(request: web.Request) -> web.StreamResponse:
     return await _stream(request, _filter(request, execution_id))
 
 
+def _sse(app: web.Application, event: Event) -> bytes:
+    """An event as one SSE message, rendered once however many streams send it."""
+    cache = app[SSE_CACHE]
+    message = cache.get(event.seq)
+    if message is None:
+        data = orjson.dumps(converter.unstructure(event))
+        message = cache[event.seq] = b"id: %d\ndata: %s\n\n" % (event.seq, data)
+        if len(cache) > SSE_CACHE_SIZE:
+            del cache[next(iter(cache))]  # the oldest
+    return message
+
+
 async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
     """Each event is a message whose id is its seq; Last-Event-ID (or ?after=) resumes."""
     resume = request.headers.get("Last-Event-ID")
@@ -287,15 +302,14 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     try:
-        async with event_log.subscribe(filter, after) as events:
+        async with event_log.subscribe(filter, after) as subscription:
             await response.prepare(request)
             await response.write(b": stream open\n\n")  # subscribed: live events are kept
-            async for event in events:
-                if event is None:
+            async for chunk in subscription.chunks():
+                if chunk is None:
                     await response.write(b": keep-alive\n\n")
                 else:
-                    data = orjson.dumps(converter.unstructure(event))
-                    await response.write(b"id: %d\ndata: %s\n\n" % (event.seq, data))
+                    await response.write(b"".join(_sse(request.app, e) for e in chunk))
     except CutOff as e:
         final = orjson.dumps({"reason": "too far behind", "resume_after": str(e.last_seq)})
         await response.write(b"event: cutoff\nid: %d\ndata: %s\n\n" % (e.last_seq, final))
