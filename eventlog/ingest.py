@@ -191,7 +191,9 @@ class Writer:
         # order).
         self._slots = asyncio.Semaphore(store.write_concurrency)
         self._task: asyncio.Task[None] | None = None
-        self.on_commit: Callable[[], None] | None = None  # called after every transaction
+        # Called after every transaction with the highest seq this writer has committed.
+        self.on_commit: Callable[[int], None] | None = None
+        self._committed = 0
 
     @property
     def queued_events(self) -> int:
@@ -271,7 +273,7 @@ class Writer:
             self._queued_events -= count
             self._slots.release()
             if self.on_commit is not None:
-                self.on_commit()
+                self.on_commit(self._committed)
 
     async def _purge(self) -> None:
         self._next_purge = time.monotonic() + self._purge_interval
@@ -378,6 +380,7 @@ class Writer:
         idempotency_keys = [job.idempotency.key for job in jobs if job.idempotency]
         for event in await self._store.write(keys, idempotency_keys, moment, decide):
             seen[event.key] = event
+            self._committed = max(self._committed, event.seq)
         for job, receipt, plan in plans:
             results[id(job)] = (receipt, [Appended(seen[k], dup) for k, dup in plan])
         return results

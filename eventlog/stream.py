@@ -109,8 +109,12 @@ class Hub:
             await self._task
             self._task = None
 
-    def notify(self) -> None:
-        """Something was committed: read the store soon."""
+    def notify(self, committed: int | None = None) -> None:
+        """Something was committed (up to seq ``committed``, when the caller knows): read the
+        store soon. With nobody subscribed, a known seq just moves the mark, no read needed."""
+        if committed is not None and not self._subscribers:
+            self._last = max(self._last, committed)
+            return
         self._wake.set()
 
     async def _run(self) -> None:

@@ -36,22 +36,22 @@ _COLUMNS = (
     "result_kind, result_uri, event_ids, actionable, informative, created_at, ingested_at, "
     "defaulted"
 )
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES {{rows}}"
 _ROWS_PER_INSERT = 1000  # 17,000 parameters: under SQLite's limit of 32,766
 
 
-@functools.lru_cache(maxsize=64)
-def _insert_rows_sql(count: int) -> str:
-    row = "(" + ", ".join("?" * 17) + ")"
-    return f"INSERT INTO events ({_COLUMNS}) VALUES " + ", ".join([row] * count)
+@functools.lru_cache(maxsize=128)
+def _values_sql(template: str, width: int, count: int) -> str:
+    return template.format(rows=", ".join(["(" + ", ".join("?" * width) + ")"] * count))
 
 
-def _insert_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert rows with one statement per thousand: one sqlite3 step (one release of the GIL)
-    each, where executemany steps (and gives up and retakes the GIL) once per row."""
+def _many(db: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run an INSERT over rows with one statement per thousand: one sqlite3 step (one release
+    of the GIL) each, where executemany steps (and gives up and retakes the GIL) once per row."""
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         chunk = rows[start : start + _ROWS_PER_INSERT]
-        db.execute(_insert_rows_sql(len(chunk)), [v for row in chunk for v in row])
+        sql = _values_sql(template, len(chunk[0]), len(chunk))
+        db.execute(sql, [v for row in chunk for v in row])
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -145,8 +145,8 @@ _FIND_KEYS = (
     "WHERE key IN (SELECT value FROM json_each(?)) AND expires_at > ?"
 )
 _SAVE_KEY = "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)"
-_UPSERT_EXECUTION = """
-INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?)
+_UPSERT_EXECUTIONS = """
+INSERT INTO executions VALUES {rows}
 ON CONFLICT (execution_id) DO UPDATE SET
     event_count = event_count + excluded.event_count,
     first_event_at = min(first_event_at, excluded.first_event_at),
@@ -280,9 +280,10 @@ class SqliteStore(EventStore):
             if plan.events:
                 stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
                 ingested_at = _micros(now)
-                _insert_rows(db, [_row(e, ingested_at) for e in stored])
-                db.executemany(
-                    _UPSERT_EXECUTION,
+                _many(db, _INSERT, [_row(e, ingested_at) for e in stored])
+                _many(
+                    db,
+                    _UPSERT_EXECUTIONS,
                     [
                         (d.execution_id, d.count, _micros(d.first_event_at), _micros(d.last_event_at),
                          d.last_event_type, head + d.last_index, d.terminal or "RUNNING")

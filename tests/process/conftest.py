@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 LISTENING = re.compile(r"eventlog listening on (http://(\S+?):(\d+)) \(")
@@ -162,3 +163,25 @@ class Cli:
 def run_eventlog(tmp_path: Path) -> Cli:
     """Run the CLI in tmp_path with a clean environment; returns the CompletedProcess."""
     return Cli(tmp_path)
+
+
+async def stored_keys(
+    session: aiohttp.ClientSession, url: str, execution_id: str, page_size: int
+) -> list[tuple[str, str]]:
+    """Every (execution_id, event_id) of one execution, paging in seq order; seq must grow."""
+    keys: list[tuple[str, str]] = []
+    after: str | None = None
+    last_seq = 0
+    while True:
+        params = {"limit": str(page_size)} if after is None else {"limit": str(page_size), "after": after}
+        async with session.get(f"{url}/api/executions/{execution_id}/events", params=params) as r:
+            assert r.status == 200, await r.text()
+            page = await r.json()
+        for event in page["events"]:
+            assert event["execution_id"] == execution_id
+            assert int(event["seq"]) > last_seq, f"seq went back in execution {execution_id}"
+            last_seq = int(event["seq"])
+            keys.append((event["execution_id"], event["event_id"]))
+        after = page["next_cursor"]
+        if after is None:
+            return keys

@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from .conftest import stored_keys
+
 pytestmark = pytest.mark.slow
 
 WORKERS = 8
@@ -136,31 +138,11 @@ async def _get_event(session: aiohttp.ClientSession, url: str, execution_id: str
         return await r.json()
 
 
-async def _stored_keys(session: aiohttp.ClientSession, url: str, execution_id: str) -> list[Key]:
-    """Every (execution_id, event_id) of one execution, paging in seq order; seq must grow."""
-    keys: list[Key] = []
-    after: str | None = None
-    last_seq = 0
-    while True:
-        params = {"limit": str(PAGE)} if after is None else {"limit": str(PAGE), "after": after}
-        async with session.get(f"{url}/api/executions/{execution_id}/events", params=params) as r:
-            assert r.status == 200, await r.text()
-            page = await r.json()
-        for event in page["events"]:
-            assert event["execution_id"] == execution_id
-            assert int(event["seq"]) > last_seq, "seq must increase along the pages"
-            last_seq = int(event["seq"])
-            keys.append((event["execution_id"], event["event_id"]))
-        after = page["next_cursor"]
-        if after is None:
-            return keys
-
-
 async def _all_stored(
     session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]]
 ) -> list[Key]:
     executions = sorted({str(b["execution_id"]) for b in bodies})
-    pages = await asyncio.gather(*(_stored_keys(session, url, x) for x in executions))
+    pages = await asyncio.gather(*(stored_keys(session, url, x, PAGE) for x in executions))
     return [key for keys in pages for key in keys]
 
 

@@ -23,6 +23,8 @@ import attrs
 import orjson
 import pytest
 
+from .conftest import stored_keys
+
 pytestmark = pytest.mark.slow
 
 SINGLE_CLIENTS = 3
@@ -201,29 +203,9 @@ class Load:
                 self._progress.notify_all()
 
 
-async def _stored_keys(session: aiohttp.ClientSession, url: str, execution_id: str) -> list[Key]:
-    """Every (execution_id, event_id) of one execution, paging in seq order; seq must grow."""
-    keys: list[Key] = []
-    after: str | None = None
-    last_seq = 0
-    while True:
-        params = {"limit": str(PAGE)} if after is None else {"limit": str(PAGE), "after": after}
-        async with session.get(f"{url}/api/executions/{execution_id}/events", params=params) as r:
-            assert r.status == 200, await r.text()
-            page = await r.json()
-        for event in page["events"]:
-            assert event["execution_id"] == execution_id
-            assert int(event["seq"]) > last_seq, f"seq went back in execution {execution_id}"
-            last_seq = int(event["seq"])
-            keys.append((event["execution_id"], event["event_id"]))
-        after = page["next_cursor"]
-        if after is None:
-            return keys
-
-
 async def _all_stored(session: aiohttp.ClientSession, url: str) -> Counter[Key]:
     """How many times each key is stored, over every execution of the plan."""
-    pages = await asyncio.gather(*(_stored_keys(session, url, str(x)) for x in EXECUTIONS))
+    pages = await asyncio.gather(*(stored_keys(session, url, str(x), PAGE) for x in EXECUTIONS))
     return Counter(key for keys in pages for key in keys)
 
 
