@@ -13,8 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from .config import ConfigError, Settings, load_settings
 from . import tools
+from .config import ConfigError, Settings, load_settings
 from .ids import decode
 from .problems import Problem
 from .storage.base import StoreError, open_store

@@ -41,9 +41,9 @@ from .envelope import (
     Text,
     Timestamp,
 )
-from .storage.base import Execution
 from .problems import EmptyBody, FieldError, InvalidEnvelope, InvalidJson
 from .status import normalise_status
+from .storage.base import Execution
 
 MAX_ID = 2**63 - 1
 
@@ -433,7 +433,7 @@ def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelo
     else:
         raise InvalidEnvelope(
             "a batch is an array of events or an object with an events array",
-            errors=[FieldError("$", "must be an array or an object with \"events\"")],
+            errors=[FieldError("$", 'must be an array or an object with "events"')],
         )
     if not items and not errors:
         errors.append(FieldError(prefix, "must hold at least one event"))

@@ -56,7 +56,9 @@ class Settings:
     stream_heartbeat: float = attrs.field(default=15.0, validator=_between(0.05, 3600))
     stream_poll_interval: float = attrs.field(default=1.0, validator=_between(0.01, 60))
     stream_queue_events: int = attrs.field(default=1000, validator=_between(1, 1_000_000))
-    sqlite_synchronous: str = attrs.field(default="FULL", validator=_one_of("FULL", "EXTRA", "NORMAL"))
+    sqlite_synchronous: str = attrs.field(
+        default="FULL", validator=_one_of("FULL", "EXTRA", "NORMAL")
+    )
     pg_pool_min: int = attrs.field(default=1, validator=_between(0, 1000))
     pg_pool_max: int = attrs.field(default=10, validator=_between(1, 1000))
     db_connect_timeout: float = attrs.field(default=5.0, validator=_between(0.1, 600))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -25,7 +25,7 @@ __all__ = [
 #   bits 21-12  node id (10 bits)
 #   bits 11-0   sequence within the millisecond (12 bits)
 EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z in Unix milliseconds
-_EPOCH_DT = datetime(2024, 1, 1, tzinfo=timezone.utc)
+_EPOCH_DT = datetime(2024, 1, 1, tzinfo=UTC)
 
 TIMESTAMP_BITS = 41
 NODE_BITS = 10

@@ -27,10 +27,10 @@ from .storage.base import (
     EventStore,
     IdempotencyRecord,
     Key,
-    WritePlan,
     StoreError,
     StoreUnavailable,
     ValueNotStorable,
+    WritePlan,
 )
 
 log = logging.getLogger("eventlog.writer")
@@ -140,7 +140,11 @@ class Receipt:
     def to_json(self) -> str:
         """The receipt as stored."""
         return orjson.dumps(
-            {"request_id": self.request_id, "event_ids": self.event_ids, "duplicates": self.duplicates}
+            {
+                "request_id": self.request_id,
+                "event_ids": self.event_ids,
+                "duplicates": self.duplicates,
+            }
         ).decode()
 
     @classmethod

@@ -84,7 +84,9 @@ async def tail(
             try:
                 async with session.get(path, params=filters, headers=headers) as response:
                     if 400 <= response.status < 500:
-                        print(f"eventlog: {response.status}: {await response.text()}", file=sys.stderr)
+                        print(
+                            f"eventlog: {response.status}: {await response.text()}", file=sys.stderr
+                        )
                         return 1
                     if response.status == 200:
                         async for message in read_sse(response.content):

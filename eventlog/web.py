@@ -12,8 +12,8 @@ from aiohttp import web
 
 from .codec import MAX_ID, converter, loads, loads_ndjson, structure_batch, structure_envelope
 from .config import Settings
-from .ingest import Idempotency
 from .envelope import Event
+from .ingest import Idempotency
 from .log import EventLog
 from .problems import (
     BodyTooLarge,
@@ -81,7 +81,7 @@ NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 
 def media_type(request: web.Request, *, ndjson: bool = False) -> str:
-    """"json" or "ndjson"; 415 for anything else (a missing Content-Type is read as JSON)."""
+    """ "json" or "ndjson"; 415 for anything else (a missing Content-Type is read as JSON)."""
     if "Content-Type" not in request.headers:
         return "json"
     mime = request.content_type
@@ -115,7 +115,9 @@ def idempotency(request: web.Request, body: bytes) -> Idempotency | None:
     if not _KEY.fullmatch(key):
         raise InvalidParameter(
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            errors=[FieldError("$header.Idempotency-Key", "must be 1-255 visible ASCII characters")],
+            errors=[
+                FieldError("$header.Idempotency-Key", "must be 1-255 visible ASCII characters")
+            ],
         )
     digest = hashlib.sha256(request.path.encode() + b"\n" + body).hexdigest()
     return Idempotency(key, digest)
@@ -218,7 +220,9 @@ def _filter(request: web.Request, execution_id: int | None = None) -> Filter:
     if execution_id is None and "execution_id" in request.query:
         execution_id = _id(request.query["execution_id"], "$query.execution_id", low=1)
     q = request.query
-    return Filter(execution_id, q.get("event_type"), q.get("step"), q.get("status"), q.get("worker_id"))
+    return Filter(
+        execution_id, q.get("event_type"), q.get("step"), q.get("status"), q.get("worker_id")
+    )
 
 
 async def get_execution_events(request: web.Request) -> web.Response:
@@ -264,7 +268,9 @@ async def get_executions(request: web.Request) -> web.Response:
 async def get_execution(request: web.Request) -> web.Response:
     """One execution at a glance; 404 when it has no events."""
     execution_id = _id(request.match_info["execution_id"], "$path.execution_id", low=1)
-    return json_response(converter.unstructure(await request.app[EVENT_LOG].execution(execution_id)))
+    return json_response(
+        converter.unstructure(await request.app[EVENT_LOG].execution(execution_id))
+    )
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:

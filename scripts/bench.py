@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
 import statistics
@@ -62,7 +61,9 @@ def batch_body(n: int, run: int, size: int) -> bytes:
         % (base + i)
         for i in range(size)
     )
-    return b'{"execution_id": "771290770346082466", "worker_id": "worker-1", "events": [%s]}' % items
+    return (
+        b'{"execution_id": "771290770346082466", "worker_id": "worker-1", "events": [%s]}' % items
+    )
 
 
 def request_bytes(path: str, body: bytes) -> bytes:
@@ -73,7 +74,9 @@ def request_bytes(path: str, body: bytes) -> bytes:
     )
 
 
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
     """Send one request, read its reply; the status code."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -164,7 +167,9 @@ async def streamgen(opts: dict[str, Any]) -> dict[str, Any]:
     async def subscriber() -> None:
         nonlocal opened
         reader, writer = await asyncio.open_connection(host, port, limit=2**22)
-        writer.write(f"GET /api/events/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode())
+        writer.write(
+            b"GET /api/events/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+        )
         await reader.readuntil(b"\r\n\r\n")
         opened += 1
         if opened == opts["subscribers"]:
@@ -173,7 +178,9 @@ async def streamgen(opts: dict[str, Any]) -> dict[str, Any]:
         marker = b'"ingested_at":"'
         while time.time() < end + 1:
             try:
-                data = await asyncio.wait_for(reader.read(1 << 16), timeout=max(0.1, end + 1 - time.time()))
+                data = await asyncio.wait_for(
+                    reader.read(1 << 16), timeout=max(0.1, end + 1 - time.time())
+                )
             except TimeoutError:
                 break
             if not data:
@@ -194,9 +201,11 @@ async def streamgen(opts: dict[str, Any]) -> dict[str, Any]:
         await ready.wait()
         reader, writer = await asyncio.open_connection(host, port)
         interval, start, n = 1.0 / opts["rate"], time.time(), 0
-        while (now := time.time()) < end:
+        while time.time() < end:
             n += 1
-            await exchange(reader, writer, request_bytes("/api/events", single_body(n, opts["run"])))
+            await exchange(
+                reader, writer, request_bytes("/api/events", single_body(n, opts["run"]))
+            )
             if (delay := start + n * interval - time.time()) > 0:
                 await asyncio.sleep(delay)
         writer.close()
@@ -284,7 +293,16 @@ def start_eventlog(work: Path, dsn: str, name: str) -> tuple[Server, int]:
     return Server(argv, work / f"{name}.log", access_log="off"), port
 
 
-def drive(port: int, *, path: str, concurrency: int, batch: int, rate: float, opts: argparse.Namespace, run: int) -> dict[str, Any]:
+def drive(
+    port: int,
+    *,
+    path: str,
+    concurrency: int,
+    batch: int,
+    rate: float,
+    opts: argparse.Namespace,
+    run: int,
+) -> dict[str, Any]:
     spec = {
         "host": "127.0.0.1",
         "port": port,
@@ -319,9 +337,27 @@ async def raw_sqlite(path: Path, size: int, seconds: float, run: int) -> float:
         rows = []
         for _ in range(size):
             seq += 1
-            rows.append((seq, 771290770346082466, run * 10**12 + seq, "start", "step.exit", "COMPLETED",
-                         '{"status":"COMPLETED"}', '{"command_id":771290770522243237}', "worker-1",
-                         "data", None, None, 0, 1, 1796017004715000, 1796017004715000, 0))
+            rows.append(
+                (
+                    seq,
+                    771290770346082466,
+                    run * 10**12 + seq,
+                    "start",
+                    "step.exit",
+                    "COMPLETED",
+                    '{"status":"COMPLETED"}',
+                    '{"command_id":771290770522243237}',
+                    "worker-1",
+                    "data",
+                    None,
+                    None,
+                    0,
+                    1,
+                    1796017004715000,
+                    1796017004715000,
+                    0,
+                )
+            )
         await db.execute("BEGIN IMMEDIATE")
         await db.executemany(insert, rows)
         await db.execute("COMMIT")
@@ -338,17 +374,51 @@ async def raw_postgres(dsn: str, size: int, seconds: float, run: int) -> float:
     conn = await asyncpg.connect(dsn)
     seq = await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events")
     now = datetime.now(UTC)
-    columns = ["seq", "execution_id", "event_id", "step", "event_type", "status", "payload", "meta",
-               "worker_id", "result_kind", "result_uri", "event_ids", "actionable", "informative",
-               "created_at", "ingested_at", "defaulted"]
+    columns = [
+        "seq",
+        "execution_id",
+        "event_id",
+        "step",
+        "event_type",
+        "status",
+        "payload",
+        "meta",
+        "worker_id",
+        "result_kind",
+        "result_uri",
+        "event_ids",
+        "actionable",
+        "informative",
+        "created_at",
+        "ingested_at",
+        "defaulted",
+    ]
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         rows = []
         for _ in range(size):
             seq += 1
-            rows.append((seq, 771290770346082466, run * 10**12 + seq, "start", "step.exit", "COMPLETED",
-                         '{"status":"COMPLETED"}', '{"command_id":771290770522243237}', "worker-1",
-                         "data", None, None, False, True, now, now, 0))
+            rows.append(
+                (
+                    seq,
+                    771290770346082466,
+                    run * 10**12 + seq,
+                    "start",
+                    "step.exit",
+                    "COMPLETED",
+                    '{"status":"COMPLETED"}',
+                    '{"command_id":771290770522243237}',
+                    "worker-1",
+                    "data",
+                    None,
+                    None,
+                    False,
+                    True,
+                    now,
+                    now,
+                    0,
+                )
+            )
         async with conn.transaction():
             await conn.copy_records_to_table("events", records=rows, columns=columns)
         count += size
@@ -393,14 +463,18 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
-def paired(baseline: Any, subject: Any, repeat: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def paired(
+    baseline: Any, subject: Any, repeat: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run baseline and subject alternately, so that both see the same moments of a noisy
     machine; the ratio of each pair is what the table reports (its median)."""
     pairs = [(baseline(), subject()) for _ in range(repeat)]
     return [b for b, _ in pairs], [s for _, s in pairs]
 
 
-def summary(results: list[dict[str, Any]], baselines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def summary(
+    results: list[dict[str, Any]], baselines: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The median run (its latencies belong to one real run), with the median paired ratio."""
     best = dict(median_run(results))
     if baselines:
@@ -423,55 +497,144 @@ def main_bench(opts: argparse.Namespace) -> None:
     runs = itertools.count(1)
     bare_server, bare_port = start_bare(work)
     try:
-        print(f"# {opts.repeat} paired runs of {opts.duration:g}s (+{opts.warmup:g}s warm-up) per scenario", file=sys.stderr)
+        print(
+            f"# {opts.repeat} paired runs of {opts.duration:g}s (+{opts.warmup:g}s warm-up) per scenario",
+            file=sys.stderr,
+        )
         for backend, (dsn, raw_dsn) in stores.items():
-            subprocess.run([PYTHON, "-m", "eventlog", "migrate", "--dsn", raw_dsn], check=True, capture_output=True)
+            subprocess.run(
+                [PYTHON, "-m", "eventlog", "migrate", "--dsn", raw_dsn],
+                check=True,
+                capture_output=True,
+            )
             server, port = start_eventlog(work, dsn, backend)
             try:
                 single_max = 0.0
                 for c in opts.concurrency:
                     bare, ours = paired(
-                        lambda c=c: drive(bare_port, path="/api/events", concurrency=c, batch=0, rate=0, opts=opts, run=next(runs)),
-                        lambda c=c: drive(port, path="/api/events", concurrency=c, batch=0, rate=0, opts=opts, run=next(runs)),
+                        lambda c=c: drive(
+                            bare_port,
+                            path="/api/events",
+                            concurrency=c,
+                            batch=0,
+                            rate=0,
+                            opts=opts,
+                            run=next(runs),
+                        ),
+                        lambda c=c: drive(
+                            port,
+                            path="/api/events",
+                            concurrency=c,
+                            batch=0,
+                            rate=0,
+                            opts=opts,
+                            run=next(runs),
+                        ),
                         opts.repeat,
                     )
                     best = summary(ours, bare)
                     best["rss"] = server.peak_rss_mb()
                     single_max = max(single_max, best["events_per_s"])
-                    rows.append(row("eventlog single", backend, f"c={c}", best, "bare aiohttp", 0.6 if backend == "sqlite" else 0.5))
+                    rows.append(
+                        row(
+                            "eventlog single",
+                            backend,
+                            f"c={c}",
+                            best,
+                            "bare aiohttp",
+                            0.6 if backend == "sqlite" else 0.5,
+                        )
+                    )
                 rate = single_max / 2
-                results = [drive(port, path="/api/events", concurrency=0, batch=0, rate=rate, opts=opts, run=next(runs)) for _ in range(opts.repeat)]
+                results = [
+                    drive(
+                        port,
+                        path="/api/events",
+                        concurrency=0,
+                        batch=0,
+                        rate=rate,
+                        opts=opts,
+                        run=next(runs),
+                    )
+                    for _ in range(opts.repeat)
+                ]
                 best = summary(results)
                 best["rss"] = server.peak_rss_mb()
-                rows.append(row("eventlog half rate", backend, f"{rate:.0f}/s open loop", best, None, None))
-                spec = {"host": "127.0.0.1", "port": port, "subscribers": opts.subscribers,
-                        "rate": opts.stream_rate, "run": next(runs), "warmup": opts.warmup,
-                        "duration": opts.duration}
-                out = subprocess.run([PYTHON, __file__, "streamgen", json.dumps(spec)],
-                                     capture_output=True, text=True, check=True)
+                rows.append(
+                    row("eventlog half rate", backend, f"{rate:.0f}/s open loop", best, None, None)
+                )
+                spec = {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "subscribers": opts.subscribers,
+                    "rate": opts.stream_rate,
+                    "run": next(runs),
+                    "warmup": opts.warmup,
+                    "duration": opts.duration,
+                }
+                out = subprocess.run(
+                    [PYTHON, __file__, "streamgen", json.dumps(spec)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 result = json.loads(out.stdout)
                 result["events_per_s"] = opts.stream_rate
                 result["rss"] = server.peak_rss_mb()
-                rows.append(row(f"stream latency, {opts.subscribers} subscribers", backend,
-                                f"{opts.stream_rate}/s written", result, None, None))
+                rows.append(
+                    row(
+                        f"stream latency, {opts.subscribers} subscribers",
+                        backend,
+                        f"{opts.stream_rate}/s written",
+                        result,
+                        None,
+                        None,
+                    )
+                )
                 driver = "executemany" if backend == "sqlite" else "copy_records_to_table"
                 for size in opts.batch:
 
                     def raw_run(size: int = size) -> dict[str, Any]:
                         if backend == "sqlite":
-                            rate = asyncio.run(raw_sqlite(Path(raw_dsn.removeprefix("sqlite:///")), size, opts.duration, next(runs)))
+                            rate = asyncio.run(
+                                raw_sqlite(
+                                    Path(raw_dsn.removeprefix("sqlite:///")),
+                                    size,
+                                    opts.duration,
+                                    next(runs),
+                                )
+                            )
                         else:
-                            rate = asyncio.run(raw_postgres(raw_dsn, size, opts.duration, next(runs)))
+                            rate = asyncio.run(
+                                raw_postgres(raw_dsn, size, opts.duration, next(runs))
+                            )
                         return {"events_per_s": rate}
 
                     raw, ours = paired(
                         raw_run,
-                        lambda size=size: drive(port, path="/api/events/batch", concurrency=opts.batch_concurrency, batch=size, rate=0, opts=opts, run=next(runs)),
+                        lambda size=size: drive(
+                            port,
+                            path="/api/events/batch",
+                            concurrency=opts.batch_concurrency,
+                            batch=size,
+                            rate=0,
+                            opts=opts,
+                            run=next(runs),
+                        ),
                         opts.repeat,
                     )
                     best = summary(ours, raw)
                     best["rss"] = server.peak_rss_mb()
-                    rows.append(row(f"eventlog batch {size}", backend, f"c={opts.batch_concurrency}", best, f"raw {driver}, {size} rows/tx", 0.5))
+                    rows.append(
+                        row(
+                            f"eventlog batch {size}",
+                            backend,
+                            f"c={opts.batch_concurrency}",
+                            best,
+                            f"raw {driver}, {size} rows/tx",
+                            0.5,
+                        )
+                    )
             finally:
                 server.stop()
     finally:
@@ -482,7 +645,14 @@ def main_bench(opts: argparse.Namespace) -> None:
     print_table(rows, opts)
 
 
-def row(name: str, backend: str, load: str, result: dict[str, Any], baseline: str | None, target: float | None) -> dict[str, Any]:
+def row(
+    name: str,
+    backend: str,
+    load: str,
+    result: dict[str, Any],
+    baseline: str | None,
+    target: float | None,
+) -> dict[str, Any]:
     bad = sum(n for s, n in result.get("statuses", {}).items() if int(s) != 200)
     return {
         "name": name,
@@ -504,10 +674,14 @@ def print_table(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1000:.1f}"
 
-    print(f"eventlog bench, {datetime.now(UTC):%Y-%m-%d}, {platform.node()} ({os.cpu_count()} cores, "
-          f"Python {platform.python_version()}), {opts.repeat} paired runs of {opts.duration:g}s, medians")
+    print(
+        f"eventlog bench, {datetime.now(UTC):%Y-%m-%d}, {platform.node()} ({os.cpu_count()} cores, "
+        f"Python {platform.python_version()}), {opts.repeat} paired runs of {opts.duration:g}s, medians"
+    )
     print()
-    print("| scenario | store | load | events/s | p50 ms | p99 ms | peak RSS MB | baseline | baseline events/s | ratio | target |")
+    print(
+        "| scenario | store | load | events/s | p50 ms | p99 ms | peak RSS MB | baseline | baseline events/s | ratio | target |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---|")
     for r in rows:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.0%}"
@@ -515,17 +689,25 @@ def print_table(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
         if r["target"] is not None:
             target = f"≥ {r['target']:.0%} {'met' if r['ratio'] >= r['target'] else 'MISSED'}"
         if r["name"].endswith("half rate"):
-            target = f"p99 ≤ 20 ms {'met' if r['p99'] is not None and r['p99'] <= 0.020 else 'MISSED'}"
+            target = (
+                f"p99 ≤ 20 ms {'met' if r['p99'] is not None and r['p99'] <= 0.020 else 'MISSED'}"
+            )
         if r["name"].startswith("stream latency"):
-            target = f"p99 ≤ 100 ms {'met' if r['p99'] is not None and r['p99'] <= 0.100 else 'MISSED'}"
+            target = (
+                f"p99 ≤ 100 ms {'met' if r['p99'] is not None and r['p99'] <= 0.100 else 'MISSED'}"
+            )
         rss = "-" if r["rss"] is None else f"{r['rss']:.0f}"
         base = "-" if r["baseline_eps"] is None else f"{r['baseline_eps']:,.0f}"
         errors = f" ({r['non200']} non-200)" if r["non200"] else ""
-        print(f"| {r['name']} | {r['backend']} | {r['load']} | {r['eps']:,.0f}{errors} | {ms(r['p50'])} | "
-              f"{ms(r['p99'])} | {rss} | {r['baseline'] or '-'} | {base} | {ratio} | {target} |")
+        print(
+            f"| {r['name']} | {r['backend']} | {r['load']} | {r['eps']:,.0f}{errors} | {ms(r['p50'])} | "
+            f"{ms(r['p99'])} | {rss} | {r['baseline'] or '-'} | {base} | {ratio} | {target} |"
+        )
     peak = max((r["rss"] for r in rows if r["rss"] is not None), default=0)
     print()
-    print(f"server peak RSS over the whole run: {peak:.0f} MB (target ≤ 150 MB: {'met' if peak <= 150 else 'MISSED'})")
+    print(
+        f"server peak RSS over the whole run: {peak:.0f} MB (target ≤ 150 MB: {'met' if peak <= 150 else 'MISSED'})"
+    )
 
 
 def main() -> None:
@@ -538,16 +720,29 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "bare-server":
         bare_server(int(sys.argv[3]))
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (the median is shown)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="unmeasured seconds before each run"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per scenario (the median is shown)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--batch-concurrency", type=int, default=4)
-    parser.add_argument("--subscribers", type=int, default=100, help="live streams in the latency run")
-    parser.add_argument("--stream-rate", type=int, default=500, help="events/s written in the latency run")
-    parser.add_argument("--pg", help="admin DSN of the PostgreSQL to use (default: EVENTLOG_TEST_PG_DSN or 127.0.0.1:5432)")
+    parser.add_argument(
+        "--subscribers", type=int, default=100, help="live streams in the latency run"
+    )
+    parser.add_argument(
+        "--stream-rate", type=int, default=500, help="events/s written in the latency run"
+    )
+    parser.add_argument(
+        "--pg",
+        help="admin DSN of the PostgreSQL to use (default: EVENTLOG_TEST_PG_DSN or 127.0.0.1:5432)",
+    )
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     main_bench(parser.parse_args())
 

@@ -16,9 +16,15 @@ from eventlog.problems import EmptyBody, InvalidEnvelope, InvalidJson
 
 @pytest.mark.parametrize(
     "text",
-    [b"18446744073709551615", b"-9223372036854775808", b"-9223372036854775809",
-     b"18446744073709551616", b"-9999999999999999999", b"123456789012345678901234567890",
-     b"[1, -123456789012345678901234567890, 0.5]"],
+    [
+        b"18446744073709551615",
+        b"-9223372036854775808",
+        b"-9223372036854775809",
+        b"18446744073709551616",
+        b"-9999999999999999999",
+        b"123456789012345678901234567890",
+        b"[1, -123456789012345678901234567890, 0.5]",
+    ],
 )
 def test_integers_of_any_size_survive_a_round_trip(text):
     """orjson would turn integers past 64 bits into floats; the codec keeps them exact."""
@@ -35,9 +41,15 @@ def test_any_integer_round_trips(number):
 
 @pytest.mark.parametrize(
     "text",
-    [b"NaN", b"Infinity", b"[1e999]", b'{"a": -Infinity}',
-     # with a 20-digit integer beside them, these take the standard library's path
-     b"[NaN, 12345678901234567890123]", b"[1e999, 12345678901234567890123]"],
+    [
+        b"NaN",
+        b"Infinity",
+        b"[1e999]",
+        b'{"a": -Infinity}',
+        # with a 20-digit integer beside them, these take the standard library's path
+        b"[NaN, 12345678901234567890123]",
+        b"[1e999, 12345678901234567890123]",
+    ],
 )
 def test_non_finite_numbers_are_not_json(text):
     """NaN and overflowing numbers are refused, on both parsing paths."""
@@ -53,8 +65,14 @@ def test_empty_body_is_its_own_error():
 
 @pytest.mark.parametrize(
     ("a", "b", "same"),
-    [(1, 1.0, False), (True, 1, False), ({"a": 1, "b": 2}, {"b": 2, "a": 1}, True),
-     ([1, 2], [2, 1], False), (None, None, True), ({"a": [0]}, {"a": [False]}, False)],
+    [
+        (1, 1.0, False),
+        (True, 1, False),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}, True),
+        ([1, 2], [2, 1], False),
+        (None, None, True),
+        ({"a": [0]}, {"a": [False]}, False),
+    ],
 )
 def test_same_json_is_json_equality_not_python_equality(a, b, same):
     """true is not 1, 1 is not 1.0, key order does not matter."""
@@ -86,10 +104,22 @@ def test_batch_path_prefix_appears_in_errors():
 def test_event_unstructures_to_the_canonical_shape():
     """Ids as strings, timestamps in UTC with microseconds, stored JSON spliced in verbatim."""
     event = Event(
-        execution_id=2**63 - 1, event_id=5, step="s", event_type="t", status="RUNNING",
-        payload_json='{"big":123456789012345678901234567890}', meta_json=None, worker_id=None,
-        result_kind="data", result_uri=None, event_ids=(1, 2), actionable=True, informative=False,
-        created_at=datetime(1, 1, 1, tzinfo=UTC), defaulted=Defaulted.NONE, seq=9,
+        execution_id=2**63 - 1,
+        event_id=5,
+        step="s",
+        event_type="t",
+        status="RUNNING",
+        payload_json='{"big":123456789012345678901234567890}',
+        meta_json=None,
+        worker_id=None,
+        result_kind="data",
+        result_uri=None,
+        event_ids=(1, 2),
+        actionable=True,
+        informative=False,
+        created_at=datetime(1, 1, 1, tzinfo=UTC),
+        defaulted=Defaulted.NONE,
+        seq=9,
         ingested_at=datetime(2026, 5, 31, 10, 0, 0, 5, tzinfo=UTC),
     )
     text = orjson.dumps(converter.unstructure(event))

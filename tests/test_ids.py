@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -65,7 +65,15 @@ def test_ids_strictly_increase_when_clock_jumps_backwards() -> None:
 
     assert_strictly_increasing(ids)
     assert [decode(i).unix_ms - EPOCH_MS for i in ids] == [
-        1_000, 1_001, 1_001, 1_001, 1_002, 1_002, 1_002, 1_002, 1_003,
+        1_000,
+        1_001,
+        1_001,
+        1_001,
+        1_002,
+        1_002,
+        1_002,
+        1_002,
+        1_003,
     ]
     assert [decode(i).sequence for i in ids] == [0, 0, 1, 2, 0, 1, 2, 3, 0]
 
@@ -153,7 +161,7 @@ def test_next_ids_rejects_negative_count() -> None:
 
 def test_hand_built_id_decodes_to_its_parts() -> None:
     """An id built by hand from the bit layout decodes to its timestamp, node and sequence."""
-    when = datetime(2025, 3, 14, 15, 9, 26, 535_000, tzinfo=timezone.utc)
+    when = datetime(2025, 3, 14, 15, 9, 26, 535_000, tzinfo=UTC)
     unix_ms = int(when.timestamp()) * 1000 + 535
     raw = compose(unix_ms - EPOCH_MS, node_id=513, sequence=4001)
 
@@ -167,7 +175,7 @@ def test_hand_built_id_decodes_to_its_parts() -> None:
 def test_decode_extremes_of_the_layout() -> None:
     """Zero decodes to the epoch and MAX_ID decodes to all-ones parts."""
     assert decode(0) == DecodedId(
-        timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc), unix_ms=EPOCH_MS, node_id=0, sequence=0
+        timestamp=datetime(2024, 1, 1, tzinfo=UTC), unix_ms=EPOCH_MS, node_id=0, sequence=0
     )
     top = decode(MAX_ID)
     assert (top.unix_ms - EPOCH_MS, top.node_id, top.sequence) == (2**41 - 1, 1023, 4095)
@@ -183,14 +191,14 @@ def test_generated_id_decodes_to_clock_time_and_node() -> None:
     assert decoded.node_id == 37
     assert decoded.sequence == 0
     assert decoded.unix_ms == unix_ms
-    assert decoded.timestamp == datetime(2024, 1, 2, 0, 0, 0, 123_000, tzinfo=timezone.utc)
+    assert decoded.timestamp == datetime(2024, 1, 2, 0, 0, 0, 123_000, tzinfo=UTC)
 
 
 def test_default_clock_ids_decode_to_now() -> None:
     """With the wall clock, a fresh id decodes to about the current time."""
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     decoded = decode(SnowflakeGenerator(node_id=NODE_ID_MAX).next_id())
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
 
     assert decoded.node_id == NODE_ID_MAX
     # The id is truncated to the millisecond, so allow 1 ms below `before`.
@@ -238,7 +246,9 @@ def test_clock_before_epoch_is_rejected_until_an_id_exists() -> None:
     node_id=st.integers(min_value=0, max_value=1023),
     sequence=st.integers(min_value=0, max_value=4095),
 )
-def test_composed_id_round_trips_through_decode(offset_ms: int, node_id: int, sequence: int) -> None:
+def test_composed_id_round_trips_through_decode(
+    offset_ms: int, node_id: int, sequence: int
+) -> None:
     """Any timestamp/node/sequence composed into an id decodes back to the same parts."""
     decoded = decode(compose(offset_ms, node_id, sequence))
 

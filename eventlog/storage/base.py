@@ -6,9 +6,10 @@ import abc
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import resources
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
+import orjson
 
 from ..envelope import Event, NewEvent
 
@@ -130,6 +131,30 @@ class Migration:
     version: int
     name: str
     sql: str
+
+
+def event_from_row(row: Sequence[Any], moment: Callable[[Any], datetime]) -> Event:
+    """An Event from a row in the columns' shared order (seq first); ``moment`` turns the
+    backend's timestamp into an aware datetime. event_ids is stored as JSON text."""
+    return Event(
+        seq=row[0],
+        execution_id=row[1],
+        event_id=row[2],
+        step=row[3],
+        event_type=row[4],
+        status=row[5],
+        payload_json=row[6],
+        meta_json=row[7],
+        worker_id=row[8],
+        result_kind=row[9],
+        result_uri=row[10],
+        event_ids=None if row[11] is None else tuple(orjson.loads(row[11])),
+        actionable=bool(row[12]),
+        informative=bool(row[13]),
+        created_at=moment(row[14]),
+        ingested_at=moment(row[15]),
+        defaulted=row[16],
+    )
 
 
 def load_migrations(backend: str) -> list[Migration]:

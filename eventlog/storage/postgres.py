@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -21,6 +21,7 @@ from .base import (
     StoreError,
     StoreUnavailable,
     ValueNotStorable,
+    event_from_row,
     execution_deltas,
     load_migrations,
 )
@@ -65,26 +66,12 @@ _UNAVAILABLE = (
 )
 
 
+def _same(moment: datetime) -> datetime:
+    return moment
+
+
 def _event(row: Sequence[Any]) -> Event:
-    return Event(
-        seq=row[0],
-        execution_id=row[1],
-        event_id=row[2],
-        step=row[3],
-        event_type=row[4],
-        status=row[5],
-        payload_json=row[6],
-        meta_json=row[7],
-        worker_id=row[8],
-        result_kind=row[9],
-        result_uri=row[10],
-        event_ids=None if row[11] is None else tuple(orjson.loads(row[11])),
-        actionable=row[12],
-        informative=row[13],
-        created_at=row[14],
-        ingested_at=row[15],
-        defaulted=row[16],
-    )
+    return event_from_row(row, _same)
 
 
 @contextlib.contextmanager
@@ -359,7 +346,9 @@ class PostgresStore(EventStore):
                         except asyncpg.UniqueViolationError:
                             base = None
                         if base is not None:
-                            return [Event.stored(e, base + i, now) for i, e in enumerate(plan.events, 1)]
+                            return [
+                                Event.stored(e, base + i, now) for i, e in enumerate(plan.events, 1)
+                            ]
                 return await self._write(conn, keys, idempotency_keys, now, decide)
 
     async def _write(
@@ -421,9 +410,10 @@ class PostgresStore(EventStore):
 
     async def page(self, page: Page) -> list[Event]:
         conditions = page.conditions()
-        where = " AND ".join(
-            f"{column} {op} ${i}" for i, (column, op, _) in enumerate(conditions, 1)
-        ) or "true"
+        where = (
+            " AND ".join(f"{column} {op} ${i}" for i, (column, op, _) in enumerate(conditions, 1))
+            or "true"
+        )
         order = "DESC" if page.descending else "ASC"
         with _translated():
             rows = await self.pool.fetch(

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
-from ..envelope import Event, NewEvent
+from ..envelope import Event
 from .base import (
     Decide,
     EventStore,
@@ -25,6 +25,7 @@ from .base import (
     Page,
     StoreError,
     StoreUnavailable,
+    event_from_row,
     execution_deltas,
     load_migrations,
 )
@@ -52,6 +53,8 @@ def _many(db: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]) ->
         chunk = rows[start : start + _ROWS_PER_INSERT]
         sql = _values_sql(template, len(chunk[0]), len(chunk))
         db.execute(sql, [v for row in chunk for v in row])
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -66,26 +69,8 @@ def _moment(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-def _event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
-    return Event(
-        seq=row[0],
-        execution_id=row[1],
-        event_id=row[2],
-        step=row[3],
-        event_type=row[4],
-        status=row[5],
-        payload_json=row[6],
-        meta_json=row[7],
-        worker_id=row[8],
-        result_kind=row[9],
-        result_uri=row[10],
-        event_ids=None if row[11] is None else tuple(orjson.loads(row[11])),
-        actionable=bool(row[12]),
-        informative=bool(row[13]),
-        created_at=_moment(row[14]),
-        ingested_at=_moment(row[15]),
-        defaulted=row[16],
-    )
+def _event(row: Sequence[Any]) -> Event:
+    return event_from_row(row, _moment)
 
 
 def _row(event: Event, ingested_at: int) -> tuple[Any, ...]:
@@ -186,7 +171,9 @@ class SqliteStore(EventStore):
 
     def __init__(self, dsn: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000):
         if not dsn.startswith("sqlite:///"):
-            raise ValueError("a SQLite DSN looks like sqlite:///relative/path.db or sqlite:////abs.db")
+            raise ValueError(
+                "a SQLite DSN looks like sqlite:///relative/path.db or sqlite:////abs.db"
+            )
         self.path = Path(dsn.removeprefix("sqlite:///"))
         self._synchronous = synchronous.upper()
         if self._synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -285,8 +272,15 @@ class SqliteStore(EventStore):
                     db,
                     _UPSERT_EXECUTIONS,
                     [
-                        (d.execution_id, d.count, _micros(d.first_event_at), _micros(d.last_event_at),
-                         d.last_event_type, head + d.last_index, d.terminal or "RUNNING")
+                        (
+                            d.execution_id,
+                            d.count,
+                            _micros(d.first_event_at),
+                            _micros(d.last_event_at),
+                            d.last_event_type,
+                            head + d.last_index,
+                            d.terminal or "RUNNING",
+                        )
                         for d in execution_deltas(plan.events)
                     ],
                 )
@@ -294,7 +288,13 @@ class SqliteStore(EventStore):
                 db.executemany(
                     _SAVE_KEY,
                     [
-                        (r.key, r.fingerprint, r.outcome_json, _micros(r.created_at), _micros(r.expires_at))
+                        (
+                            r.key,
+                            r.fingerprint,
+                            r.outcome_json,
+                            _micros(r.created_at),
+                            _micros(r.expires_at),
+                        )
                         for r in plan.records
                     ],
                 )

@@ -42,7 +42,13 @@ NDJSON = {"Content-Type": "application/x-ndjson"}
 
 def envelope(i: int, **extra) -> dict:
     """A full envelope for item i."""
-    return {"execution_id": 900, "event_id": 1000 + i, "name": "step.enter", "step": f"s{i}", **extra}
+    return {
+        "execution_id": 900,
+        "event_id": 1000 + i,
+        "name": "step.enter",
+        "step": f"s{i}",
+        **extra,
+    }
 
 
 def ndjson(items) -> bytes:
@@ -61,7 +67,14 @@ async def test_noetl_batch_items_inherit_execution_and_worker(client):
     reply = await client.post("/api/events/batch", json=NOETL_BATCH)
     assert reply.status == 200, await reply.text()
     data = await reply.json()
-    assert set(data) == {"status", "request_id", "event_ids", "duplicates", "commands_generated", "duplicate"}
+    assert set(data) == {
+        "status",
+        "request_id",
+        "event_ids",
+        "duplicates",
+        "commands_generated",
+        "duplicate",
+    }
     assert data["status"] == "ok" and data["duplicates"] == [] and data["duplicate"] is False
     assert data["commands_generated"] == 0 and data["request_id"]
     events = await events_of(client, NOETL_BATCH["execution_id"])
@@ -74,7 +87,11 @@ async def test_noetl_batch_items_inherit_execution_and_worker(client):
 
 async def test_item_fields_win_over_the_batch_fields(client):
     """An item's own execution_id and worker_id are kept."""
-    batch = {"execution_id": 1, "worker_id": "w", "events": [{"execution_id": 2, "worker_id": "x", "name": "a", "step": "s"}]}
+    batch = {
+        "execution_id": 1,
+        "worker_id": "w",
+        "events": [{"execution_id": 2, "worker_id": "x", "name": "a", "step": "s"}],
+    }
     reply = await client.post("/api/events/batch", json=batch)
     assert reply.status == 200
     (event,) = await events_of(client, 2)
@@ -120,7 +137,14 @@ async def test_ndjson_skips_blank_lines(client):
 )
 async def test_bad_items_are_all_named_and_nothing_is_stored(client, form, paths):
     """One or more bad items: 422 naming every one of them; not even the good items are stored."""
-    items = [envelope(0), envelope(1, step=7), envelope(2), envelope(3, name=""), "junk", envelope(5)]
+    items = [
+        envelope(0),
+        envelope(1, step=7),
+        envelope(2),
+        envelope(3, name=""),
+        "junk",
+        envelope(5),
+    ]
     if form == "noetl":
         reply = await client.post("/api/events/batch", json={"execution_id": 900, "events": items})
     elif form == "array":
@@ -135,7 +159,9 @@ async def test_bad_items_are_all_named_and_nothing_is_stored(client, form, paths
 async def test_ndjson_line_that_is_not_json_is_named(client):
     """A broken NDJSON line is a 400 naming its line number."""
     body = ndjson([envelope(1)]) + b"{broken\n" + ndjson([envelope(2)])
-    doc = await problem(await client.post("/api/events/batch", data=body, headers=NDJSON), 400, "invalid_json")
+    doc = await problem(
+        await client.post("/api/events/batch", data=body, headers=NDJSON), 400, "invalid_json"
+    )
     assert [e["path"] for e in doc["errors"]] == ["line 2"]
 
 
@@ -158,7 +184,9 @@ async def test_items_already_stored_are_reported_as_duplicates(client):
 async def test_batch_with_a_conflicting_item_is_409_and_stores_nothing(client):
     """One item that conflicts with a stored event refuses the whole batch."""
     await client.post("/api/events", json=envelope(2))
-    reply = await client.post("/api/events/batch", json=[envelope(1), envelope(2, step="other"), envelope(3)])
+    reply = await client.post(
+        "/api/events/batch", json=[envelope(1), envelope(2, step="other"), envelope(3)]
+    )
     await problem(reply, 409, "event_conflict")
     assert [e["event_id"] for e in await events_of(client, 900)] == ["1002"]
 
@@ -176,8 +204,11 @@ async def test_repeated_item_within_one_batch_is_stored_once(client):
 @pytest.mark.parametrize("route", ["/api/events", "/api/events/batch"])
 async def test_idempotency_key_replays_the_first_reply(client, route):
     """Same key and body again: the first reply, marked duplicate, and nothing stored twice."""
-    body = {**NOETL_BATCH, "events": NOETL_BATCH["events"][:1]} if route.endswith("batch") else {
-        "execution_id": "771290770346082466", "name": "step.enter", "step": "s"}
+    body = (
+        {**NOETL_BATCH, "events": NOETL_BATCH["events"][:1]}
+        if route.endswith("batch")
+        else {"execution_id": "771290770346082466", "name": "step.enter", "step": "s"}
+    )
     headers = {"Idempotency-Key": "req-1"}
     first = await (await client.post(route, json=body, headers=headers)).json()
     reply = await client.post(route, json=body, headers=headers)
@@ -209,7 +240,10 @@ async def test_concurrent_requests_with_one_key_apply_once(client):
     """Ten copies at once under one key: one applied, nine replays with the same request_id."""
     headers = {"Idempotency-Key": "burst"}
     replies = await asyncio.gather(
-        *(client.post("/api/events/batch", json=[envelope(1), envelope(2)], headers=headers) for _ in range(10))
+        *(
+            client.post("/api/events/batch", json=[envelope(1), envelope(2)], headers=headers)
+            for _ in range(10)
+        )
     )
     data = [await r.json() for r in replies]
     assert sorted(d["duplicate"] for d in data) == [False] + [True] * 9
@@ -247,7 +281,9 @@ async def test_batch_body_over_its_limit_is_413(aiohttp_client, settings):
     small = attrs.evolve(settings, max_batch_body_bytes=4096)
     client = await aiohttp_client(create_app(small))
     body = json.dumps([envelope(i) for i in range(100)]).encode()
-    reply = await client.post("/api/events/batch", data=io.BytesIO(body), headers={"Content-Type": "application/json"})
+    reply = await client.post(
+        "/api/events/batch", data=io.BytesIO(body), headers={"Content-Type": "application/json"}
+    )
     await problem(reply, 413, "body_too_large")
 
 
@@ -257,7 +293,9 @@ async def test_single_event_limit_is_smaller_than_the_batch_limit(client):
     headers = {"Content-Type": "application/json"}
     reply = await client.post("/api/events", data=io.BytesIO(body), headers=headers)
     await problem(reply, 413, "body_too_large")
-    reply = await client.post("/api/events/batch", data=io.BytesIO(b"[" + body + b"]"), headers=headers)
+    reply = await client.post(
+        "/api/events/batch", data=io.BytesIO(b"[" + body + b"]"), headers=headers
+    )
     assert reply.status == 200, await reply.text()
 
 
@@ -267,7 +305,11 @@ async def test_too_many_events_is_413(aiohttp_client, settings):
     client = await aiohttp_client(create_app(small))
     items = [envelope(i) for i in range(4)]
     await problem(await client.post("/api/events/batch", json=items), 413, "too_many_events")
-    await problem(await client.post("/api/events/batch", json={"execution_id": 1, "events": items}), 413, "too_many_events")
+    await problem(
+        await client.post("/api/events/batch", json={"execution_id": 1, "events": items}),
+        413,
+        "too_many_events",
+    )
     reply = await client.post("/api/events/batch", data=ndjson(items), headers=NDJSON)
     await problem(reply, 413, "too_many_events")
     assert (await client.post("/api/events/batch", json=items[:3])).status == 200
@@ -288,13 +330,17 @@ async def test_concurrent_requests_share_transactions(aiohttp_client, settings):
     store = slowed(open_store(settings.dsn, **settings.store_options()), 0.02, count)
     client = await aiohttp_client(create_app(settings, event_log=EventLog(settings, store=store)))
     count.clear()  # migrations and start-up purge
-    replies = await asyncio.gather(*(client.post("/api/events", json=envelope(i)) for i in range(40)))
+    replies = await asyncio.gather(
+        *(client.post("/api/events", json=envelope(i)) for i in range(40))
+    )
     assert all(r.status == 200 for r in replies)
     assert len(count) <= 10, len(count)
     assert len(await events_of(client, 900)) == 40
 
 
-async def test_overloaded_batches_get_503_and_acknowledged_ones_are_stored(aiohttp_client, settings):
+async def test_overloaded_batches_get_503_and_acknowledged_ones_are_stored(
+    aiohttp_client, settings
+):
     """A queue bound of 5 events before a slow store: batches beyond it get 503, none is lost."""
     tight = attrs.evolve(settings, writer_queue_events=5, writer_max_batch=5)
     store = slowed(open_store(tight.dsn, **tight.store_options()), 0.05)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
 import io
+import json
 import secrets
 from urllib.parse import urlsplit, urlunsplit
 

@@ -129,7 +129,12 @@ async def test_nul_in_a_text_field_is_refused_with_422(client):
 
 async def test_unknown_and_server_owned_fields_are_ignored(client):
     """Unknown top-level fields are not stored; seq and ingested_at are never taken from a client."""
-    body = {**CONTRACT_BODIES["minimal"], "extra": 1, "seq": "999", "ingested_at": "2000-01-01T00:00:00Z"}
+    body = {
+        **CONTRACT_BODIES["minimal"],
+        "extra": 1,
+        "seq": "999",
+        "ingested_at": "2000-01-01T00:00:00Z",
+    }
     _, data = await post(client, body)
     event = await read(client, data["event_id"])
     assert "extra" not in event
@@ -221,7 +226,11 @@ async def test_error_path_uses_the_alias_the_client_sent(client, alias, field):
 
 @pytest.mark.parametrize(
     ("alias", "field", "value"),
-    [("name", "event_type", "call.done"), ("node_name", "step", "s"), ("context", "payload", {"a": [1]})],
+    [
+        ("name", "event_type", "call.done"),
+        ("node_name", "step", "s"),
+        ("context", "payload", {"a": [1]}),
+    ],
 )
 async def test_alias_and_canonical_with_equal_values_are_accepted(client, alias, field, value):
     """Both names for one field, with the same value, is one field."""
@@ -308,8 +317,20 @@ async def test_retry_with_same_content_is_a_duplicate_and_changes_nothing(client
 
 async def test_retry_in_another_dialect_is_still_a_duplicate(client):
     """Content is compared after alias normalisation: name/context equal event_type/payload."""
-    body = {"execution_id": 5, "event_id": 77, "event_type": "call.done", "step": "s", "payload": {"a": 1}}
-    legacy = {"execution_id": "5", "event_id": "77", "name": "call.done", "node_name": "s", "context": {"a": 1}}
+    body = {
+        "execution_id": 5,
+        "event_id": 77,
+        "event_type": "call.done",
+        "step": "s",
+        "payload": {"a": 1},
+    }
+    legacy = {
+        "execution_id": "5",
+        "event_id": "77",
+        "name": "call.done",
+        "node_name": "s",
+        "context": {"a": 1},
+    }
     await post(client, body)
     reply, data = await post(client, legacy)
     assert reply.status == 200 and data["duplicate"] is True

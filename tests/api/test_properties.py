@@ -6,8 +6,8 @@ No body may produce a 5xx; every valid body must read back equal to what was sen
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -26,7 +26,8 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 _ids = itertools.count(10_000_000)
 
 odd_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("\x00\u202e\ufeff𝄞\u2028\x7f"),
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"])
+    | st.sampled_from("\x00\u202e\ufeff𝄞\u2028\x7f"),
     max_size=30,
 )
 scalars = (
@@ -94,7 +95,10 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
         "unknown_field": json_values,
     }
     for name in draw(st.sets(st.sampled_from(sorted(optional)))):
-        if {name, "context", "payload"} == {"context", "payload"} and body.keys() & {"context", "payload"}:
+        if {name, "context", "payload"} == {"context", "payload"} and body.keys() & {
+            "context",
+            "payload",
+        }:
             continue  # one of the two names only (both at once is tested with equal values elsewhere)
         body[name] = draw(optional[name])
     return body
@@ -142,8 +146,16 @@ garbage = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.sampled_from(
-        [b'"\\ud800"', b'{"execution_id": 1, "step": "\\udc00", "name": "x"}', b"[" * 5000,
-         b'{"a": 1e400}', b"NaN", b"\xef\xbb\xbf{}", b"{" + b'"a":' * 3000, b"1" * 10000]
+        [
+            b'"\\ud800"',
+            b'{"execution_id": 1, "step": "\\udc00", "name": "x"}',
+            b"[" * 5000,
+            b'{"a": 1e400}',
+            b"NaN",
+            b"\xef\xbb\xbf{}",
+            b"{" + b'"a":' * 3000,
+            b"1" * 10000,
+        ]
     ),
 )
 
@@ -189,7 +201,10 @@ async def test_garbage_never_causes_a_server_error(client, body):
 async def test_deep_nesting_is_stored_or_refused_cleanly(client, depth):
     """Deep payloads are stored and read back, or refused with 400/422 — never a 5xx."""
     nested = b"[" * depth + b'"leaf"' + b"]" * depth
-    body = b'{"execution_id": %d, "event_type": "x", "step": "s", "payload": %s}' % (next(_ids), nested)
+    body = b'{"execution_id": %d, "event_type": "x", "step": "s", "payload": %s}' % (
+        next(_ids),
+        nested,
+    )
     reply = await _post(client, body)
     if reply.status == 200:
         event_id = (await reply.json())["event_id"]

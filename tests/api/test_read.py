@@ -16,7 +16,13 @@ from .test_errors import problem
 
 def ev(execution_id: int, event_id: int, event_type: str = "step.enter", **extra) -> dict:
     """A full envelope."""
-    return {"execution_id": execution_id, "event_id": event_id, "event_type": event_type, "step": "s", **extra}
+    return {
+        "execution_id": execution_id,
+        "event_id": event_id,
+        "event_type": event_type,
+        "step": "s",
+        **extra,
+    }
 
 
 async def post_all(client, bodies) -> list[dict]:
@@ -25,7 +31,14 @@ async def post_all(client, bodies) -> list[dict]:
     for body in bodies:
         reply = await client.post("/api/events", json=body)
         assert reply.status == 200, await reply.text()
-        out.append(await (await client.get(f"/api/events/{body['event_id']}", params={"execution_id": str(body["execution_id"])})).json())
+        out.append(
+            await (
+                await client.get(
+                    f"/api/events/{body['event_id']}",
+                    params={"execution_id": str(body["execution_id"])},
+                )
+            ).json()
+        )
     return out
 
 
@@ -138,7 +151,10 @@ async def test_execution_summary_turns_terminal(client, terminal, status):
 
 async def test_execution_summary_counts_batches_and_ignores_duplicates(client):
     """A batch updates the summary once per event; a retried event does not count twice."""
-    batch = {"execution_id": 8, "events": [{"event_id": i, "name": "step.enter", "step": "s"} for i in range(1, 6)]}
+    batch = {
+        "execution_id": 8,
+        "events": [{"event_id": i, "name": "step.enter", "step": "s"} for i in range(1, 6)],
+    }
     assert (await client.post("/api/events/batch", json=batch)).status == 200
     assert (await client.post("/api/events/batch", json=batch)).status == 200
     assert (await (await client.get("/api/executions/8")).json())["event_count"] == 5
@@ -206,7 +222,9 @@ async def test_resume_sends_what_was_missed_then_live_without_gap_or_repeat(scli
     """Last-Event-ID (or ?after=) replays the missed events, then the live ones follow."""
     stored = await post_all(sclient, [ev(1, i) for i in range(1, 6)])
     cursor = stored[1]["seq"]
-    kwargs = {"headers": {"Last-Event-ID": cursor}} if how == "header" else {"params": {"after": cursor}}
+    kwargs = (
+        {"headers": {"Last-Event-ID": cursor}} if how == "header" else {"params": {"after": cursor}}
+    )
     reply = await sclient.get("/api/events/stream", **kwargs)
     messages = read_sse(reply.content)
     backlog = await take(messages, 3)

@@ -77,7 +77,9 @@ class Server:
             return self.proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.kill()
-            pytest.fail(f"eventlog serve ignored SIGTERM for {STOP_TIMEOUT_S} s; log:\n{self.log()}")
+            pytest.fail(
+                f"eventlog serve ignored SIGTERM for {STOP_TIMEOUT_S} s; log:\n{self.log()}"
+            )
 
 
 class ServerFactory:
@@ -173,7 +175,11 @@ async def stored_keys(
     after: str | None = None
     last_seq = 0
     while True:
-        params = {"limit": str(page_size)} if after is None else {"limit": str(page_size), "after": after}
+        params = (
+            {"limit": str(page_size)}
+            if after is None
+            else {"limit": str(page_size), "after": after}
+        )
         async with session.get(f"{url}/api/executions/{execution_id}/events", params=params) as r:
             assert r.status == 200, await r.text()
             page = await r.json()

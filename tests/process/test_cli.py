@@ -135,6 +135,8 @@ def test_console_script_and_python_m_print_the_same_help(run_eventlog, args: lis
     assert script.is_file(), f"no console script next to {sys.executable}"
     via_module = run_eventlog(*args)
     via_script = run_eventlog(*args, command=[str(script)])
-    assert via_module.returncode == via_script.returncode == 0, via_module.stderr + via_script.stderr
+    assert via_module.returncode == via_script.returncode == 0, (
+        via_module.stderr + via_script.stderr
+    )
     assert via_module.stdout.startswith("usage: eventlog")
     assert via_script.stdout == via_module.stdout

@@ -130,11 +130,15 @@ async def _post_all(
     return posted
 
 
-async def _get_event(session: aiohttp.ClientSession, url: str, execution_id: str, event_id: str) -> Any:
+async def _get_event(
+    session: aiohttp.ClientSession, url: str, execution_id: str, event_id: str
+) -> Any:
     async with session.get(
         f"{url}/api/events/{event_id}", params={"execution_id": execution_id}
     ) as r:
-        assert r.status == 200, f"acknowledged event {execution_id}/{event_id}: {r.status} {await r.text()}"
+        assert r.status == 200, (
+            f"acknowledged event {execution_id}/{event_id}: {r.status} {await r.text()}"
+        )
         return await r.json()
 
 
@@ -226,7 +230,9 @@ async def test_sigkill_with_requests_in_flight_loses_no_ack_and_retries_store_ea
     assert sorted(stored) == sorted(sent_keys)
 
 
-async def test_sigterm_stops_the_server_gracefully_with_exit_status_0(dsn: str, start_server) -> None:
+async def test_sigterm_stops_the_server_gracefully_with_exit_status_0(
+    dsn: str, start_server
+) -> None:
     """SIGTERM: the server finishes, logs "stopped" and exits 0; its events are kept."""
     server = start_server(dsn, node_id=3)
     body = _body(0, always_id=True)
@@ -237,5 +243,7 @@ async def test_sigterm_stops_the_server_gracefully_with_exit_status_0(dsn: str, 
         assert "stopped" in server.log()
 
         restarted = start_server(dsn, node_id=3)
-        event = await _get_event(session, restarted.url, str(body["execution_id"]), body["event_id"])
+        event = await _get_event(
+            session, restarted.url, str(body["execution_id"]), body["event_id"]
+        )
     assert {k: event[k] for k in _expected(body)} == _expected(body)

@@ -286,7 +286,11 @@ async def test_sigkill_during_concurrent_singles_and_batches_loses_no_acknowledg
     def kill_mid_run() -> None:
         """SIGKILL once KILL_AFTER requests are acked and a single and a batch are in flight."""
         forms = {requests[n].is_batch for n in load.in_flight}
-        if not in_flight_at_kill and len(load.outcome.acked) >= KILL_AFTER and forms == {True, False}:
+        if (
+            not in_flight_at_kill
+            and len(load.outcome.acked) >= KILL_AFTER
+            and forms == {True, False}
+        ):
             server.proc.send_signal(signal.SIGKILL)  # the clients keep posting into the crash
             in_flight_at_kill.update(load.in_flight)
 
@@ -295,7 +299,9 @@ async def test_sigkill_during_concurrent_singles_and_batches_loses_no_acknowledg
         outcome = await load.run(session, server.url)
     server.kill()  # reap it
     assert server.proc.returncode == -signal.SIGKILL
-    assert outcome.http_errors == {}, f"error replies while the server was up: {outcome.http_errors}"
+    assert outcome.http_errors == {}, (
+        f"error replies while the server was up: {outcome.http_errors}"
+    )
     assert len(outcome.acked) >= KILL_AFTER
     assert in_flight_at_kill, "no single and batch were in flight together after KILL_AFTER acks"
     assert set(outcome.acked) | set(outcome.failed) == set(requests)

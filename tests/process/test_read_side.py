@@ -40,8 +40,13 @@ async def test_two_instances_give_every_reader_each_acknowledged_event_once_in_o
         for _ in range(60):
             url = servers[rng.randrange(2)].url
             if rng.random() < 0.3:
-                items = [{"event_id": next(ids), "name": "step.enter", "step": "s"} for _ in range(rng.randint(2, 8))]
-                reply = await session.post(f"{url}/api/events/batch", json={"execution_id": n, "events": items})
+                items = [
+                    {"event_id": next(ids), "name": "step.enter", "step": "s"}
+                    for _ in range(rng.randint(2, 8))
+                ]
+                reply = await session.post(
+                    f"{url}/api/events/batch", json={"execution_id": n, "events": items}
+                )
                 if reply.status == 200:
                     acknowledged.update((str(n), str(i["event_id"])) for i in items)
             else:
@@ -54,7 +59,11 @@ async def test_two_instances_give_every_reader_each_acknowledged_event_once_in_o
     async def feed_reader(session: aiohttp.ClientSession, seen: list[dict]) -> None:
         after = "0"
         while True:
-            page = await (await session.get(f"{servers[0].url}/api/events", params={"after": after, "limit": "50"})).json()
+            page = await (
+                await session.get(
+                    f"{servers[0].url}/api/events", params={"after": after, "limit": "50"}
+                )
+            ).json()
             seen += page["events"]
             if page["events"]:
                 after = page["events"][-1]["seq"]
@@ -84,7 +93,9 @@ async def test_two_instances_give_every_reader_each_acknowledged_event_once_in_o
         await asyncio.gather(*readers, return_exceptions=True)
     for name, seen in (("feed", from_feed), ("stream", from_stream)):
         missing = acknowledged - {(e["execution_id"], e["event_id"]) for e in seen}
-        assert not missing, f"the {name} reader never saw {len(missing)} events: {sorted(missing)[:5]}"
+        assert not missing, (
+            f"the {name} reader never saw {len(missing)} events: {sorted(missing)[:5]}"
+        )
     for seen in (from_feed, from_stream):
         seqs = [int(e["seq"]) for e in seen]
         assert seqs == sorted(set(seqs)), "seq must strictly increase, with no repeat"
@@ -108,7 +119,12 @@ async def test_export_from_sqlite_and_import_into_postgres_round_trips_exactly(
                     "execution_id": 1 + (chunk * 1000 + i) % 37,
                     "name": ["step.enter", "call.done", "command.failed"][i % 3],
                     "step": f"s{i % 11}",
-                    "payload": {"n": chunk * 1000 + i, "big": 2**63 + i, "text": "ä\u0000😀", "f": i / 7},
+                    "payload": {
+                        "n": chunk * 1000 + i,
+                        "big": 2**63 + i,
+                        "text": "ä\u0000😀",
+                        "f": i / 7,
+                    },
                     "meta": None if i % 2 else {"attempt": i},
                     "created_at": f"2026-05-31T10:{i % 60:02d}:{(i * 7) % 60:02d}.{i:06d}+02:00",
                     "worker_id": f"w-{i % 5}",
@@ -184,7 +200,9 @@ async def test_tail_prints_the_stream_and_resumes_after_the_server_restarts(
             return [json.loads(line) for line in out_path.read_text().splitlines()]
 
         # A new connection per request: the first server's connections die with it.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True)
+        ) as session:
             for i in (1, 2, 3):
                 await post(session, i)
             await printed(3)

@@ -28,7 +28,9 @@ async def test_key_committed_while_waiting_for_the_lock_is_seen_on_retry(dsn):
             # Another instance: takes the lock and inserts (1, 7), not yet committed.
             tx = other.transaction()
             await tx.start()
-            head = await other.fetchval("SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE")
+            head = await other.fetchval(
+                "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+            )
             await other.execute(
                 "INSERT INTO events (seq, execution_id, event_id, step, event_type, status, payload, "
                 "result_kind, actionable, informative, created_at, ingested_at, defaulted) "
