@@ -162,11 +162,19 @@ def _int64(value: Any, low: int) -> int:
     return number
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def valid_text(value: str) -> bool:
+    """Whether every backend can hold this string in a text column."""
+    return _UNSTORABLE.search(value) is None
+
+
 def _text(value: Any, _: Any = None) -> str:
     if type(value) is not str:
         raise ValueError("must be a string")
-    if "\x00" in value:
-        raise ValueError("must not contain a NUL character")
+    if _UNSTORABLE.search(value):
+        raise ValueError("must not contain a NUL character or a lone surrogate")
     return value
 
 
@@ -352,9 +360,9 @@ def _structure_envelope(obj: Any, path: str) -> tuple[Envelope | None, list[Fiel
     wire = {}  # canonical field -> the name the client used, for error paths
     errors = []
     for alias, canonical in ALIASES.items():
-        if alias not in obj:
-            continue
-        if canonical in obj:
+        if obj.get(alias) is None:
+            continue  # absent, or null: the same thing
+        if obj.get(canonical) is not None:
             if not same_json(obj[canonical], obj[alias]):
                 errors.append(
                     FieldError(
@@ -440,7 +448,8 @@ def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelo
     envelopes = []
     for index, item in enumerate(items):
         if inherited and type(item) is dict:
-            item = inherited | item  # the item's own fields win
+            # The item's own fields win; its nulls mean absent, so they inherit too.
+            item = inherited | {k: v for k, v in item.items() if v is not None}
         path = f"{prefix}[{index}]" if lines is None else f"line {lines[index]}: $"
         envelope, item_errors = _structure_envelope(item, path)
         errors += item_errors

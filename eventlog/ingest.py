@@ -198,6 +198,7 @@ class Writer:
         # Called after every transaction with the highest seq this writer has committed.
         self.on_commit: Callable[[int], None] | None = None
         self._committed = 0
+        self._closing = False
 
     @property
     def queued_events(self) -> int:
@@ -212,6 +213,7 @@ class Writer:
         """Commit everything already queued, then stop."""
         if self._task is None:
             return
+        self._closing = True  # submit() refuses from now on: nothing can queue behind the None
         self._queue.put_nowait(None)
         await self._task
         self._task = None
@@ -226,8 +228,8 @@ class Writer:
         """Append ``events`` atomically, or replay the receipt of an earlier request with the
         same Idempotency-Key. Raises EventConflict, IdempotencyConflict, Overloaded or
         DatabaseUnavailable."""
-        if self._task is None or self._task.done():
-            raise DatabaseUnavailable("the writer is not running")
+        if self._task is None or self._task.done() or self._closing:
+            raise DatabaseUnavailable("the writer is not running", headers={"Retry-After": "1"})
         if self._queued_events and self._queued_events + len(events) > self._queue_events:
             raise Overloaded(
                 "too many writes are waiting; retry after the delay given in Retry-After",
@@ -307,8 +309,12 @@ class Writer:
             problem = DatabaseUnavailable(f"the store failed: {e}", headers={"Retry-After": "1"})
             results = {id(job): problem for job in jobs}
         except Exception as e:  # never leave a request waiting forever
+            if len(jobs) > 1:  # one request's bad value must not fail the others
+                for job in jobs:
+                    await self._commit([job])
+                return
             log.exception("write failed unexpectedly")
-            results = {id(job): e for job in jobs}
+            results = {id(jobs[0]): e}
         for job in jobs:
             outcome = results[id(job)]
             if job.future.done():

@@ -67,11 +67,14 @@ class EventLog:
 
     async def close(self) -> None:
         """Commit what is queued, then close the store."""
+        # The writer first: what is queued is committed (and reaches the streams) before they end.
         try:
-            await self.hub.stop()
             await self.writer.stop()
         finally:
-            await self.store.close()
+            try:
+                await self.hub.stop()
+            finally:
+                await self.store.close()
 
     async def __aenter__(self) -> EventLog:
         await self.start()

@@ -67,6 +67,7 @@ class _Subscriber:
     queue: asyncio.Queue[list[Event]] = attrs.Factory(asyncio.Queue)
     waiting: int = 0
     overflowed: bool = False
+    ended: bool = False
 
 
 class Hub:
@@ -101,8 +102,16 @@ class Hub:
             await self._store.listen(self.notify)
         self._task = asyncio.create_task(self._run(), name="eventlog-hub")
 
+    def end_streams(self) -> None:
+        """End every subscription (at shutdown): each sees the end of its stream."""
+        for sub in self._subscribers:
+            sub.ended = True
+            sub.queue.put_nowait([])  # wake it, so it notices
+        self._subscribers.clear()
+
     async def stop(self) -> None:
         """Stop following; subscribers see the end of their stream."""
+        self.end_streams()
         if self._task is not None:
             self._stopping = True
             self._wake.set()
@@ -132,6 +141,8 @@ class Hub:
                 await self._catch_up()
             except StoreError as e:
                 log.warning("stream hub cannot read the store: %s", e)
+            except Exception:  # the hub must outlive any one bad read
+                log.exception("stream hub failed to read the store")
 
     async def _catch_up(self) -> None:
         if not self._subscribers:
@@ -144,7 +155,7 @@ class Hub:
             events = await self._store.page(Page(after=self._last, limit=READ_PAGE))
             if events:
                 self._fan_out(events)
-                self._last = events[-1].seq
+                self._last = max(self._last, events[-1].seq)
             if len(events) < READ_PAGE:
                 return
 
@@ -175,7 +186,8 @@ class Subscription:
 
     Yields the matching events, first those already stored, then live ones, with no gap and
     no repeat; None after each quiet ``heartbeat``. Raises CutOff when the subscriber falls too
-    far behind. Live events are collected from the moment the block is entered.
+    far behind; ends when the log closes. Live events are collected from the moment the block
+    is entered.
     """
 
     def __init__(self, hub: Hub, filter: Filter, after: int | None, heartbeat: float) -> None:
@@ -215,7 +227,7 @@ class Subscription:
             if len(events) < READ_PAGE:
                 break
         sent = max(sent, start)
-        while True:
+        while not (sub.ended and sub.queue.empty()):
             if sub.overflowed and sub.queue.empty():
                 raise CutOff(sent)
             try:

@@ -76,7 +76,8 @@ async def tail(
     last = after
     reconnects = 0
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # Lines as long as the largest event the service accepts (a line per SSE data field).
+    async with aiohttp.ClientSession(timeout=timeout, read_bufsize=16 * 2**20) as session:
         while True:
             headers = {"Accept": "text/event-stream"}
             if last is not None:
@@ -97,7 +98,7 @@ async def tail(
                                 out.flush()
                             if message.id is not None:
                                 last = int(message.id)
-            except (aiohttp.ClientError, ConnectionError, TimeoutError) as e:
+            except (aiohttp.ClientError, ConnectionError, TimeoutError, ValueError) as e:
                 log.warning("stream lost (%s); resuming after seq %s", e, last)
             reconnects += 1
             if max_reconnects is not None and reconnects > max_reconnects:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,7 +12,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .codec import MAX_ID, converter, loads, loads_ndjson, structure_batch, structure_envelope
+from .codec import (
+    MAX_ID,
+    converter,
+    loads,
+    loads_ndjson,
+    structure_batch,
+    structure_envelope,
+    valid_text,
+)
 from .config import Settings
 from .envelope import Event
 from .ingest import Idempotency
@@ -24,8 +34,10 @@ from .problems import (
     bearer_auth_middleware,
     problem_middleware,
 )
-from .storage.base import Page
+from .storage.base import Page, StoreError
 from .stream import CutOff, Filter
+
+log = logging.getLogger("eventlog")
 
 SETTINGS = web.AppKey("settings", Settings)
 EVENT_LOG = web.AppKey("event_log", EventLog)
@@ -58,7 +70,14 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
         yield
         await log.close()
 
+    async def end_streams(app: web.Application) -> None:
+        # Streams never finish by themselves; at shutdown they must, or the server waits its
+        # whole shutdown_timeout for them.
+        if EVENT_LOG in app:
+            app[EVENT_LOG].hub.end_streams()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_streams)
     app.router.add_post("/api/events", post_event)
     app.router.add_post("/api/events/batch", post_batch)
     app.router.add_get("/api/events", get_feed)
@@ -219,10 +238,16 @@ def _filter(request: web.Request, execution_id: int | None = None) -> Filter:
     """The feed and stream filters from the query string."""
     if execution_id is None and "execution_id" in request.query:
         execution_id = _id(request.query["execution_id"], "$query.execution_id", low=1)
-    q = request.query
-    return Filter(
-        execution_id, q.get("event_type"), q.get("step"), q.get("status"), q.get("worker_id")
-    )
+    values = {}
+    for name in ("event_type", "step", "status", "worker_id"):
+        value = request.query.get(name)
+        if value is not None and not valid_text(value):
+            raise InvalidParameter(
+                f"query parameter {name} must not hold a NUL or a lone surrogate",
+                errors=[FieldError(f"$query.{name}", "must not hold a NUL or a lone surrogate")],
+            )
+        values[name] = value
+    return Filter(execution_id, **values)
 
 
 async def get_execution_events(request: web.Request) -> web.Response:
@@ -318,9 +343,13 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
                     await response.write(b"".join(_sse(request.app, e) for e in chunk))
     except CutOff as e:
         final = orjson.dumps({"reason": "too far behind", "resume_after": str(e.last_seq)})
-        await response.write(b"event: cutoff\nid: %d\ndata: %s\n\n" % (e.last_seq, final))
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(b"event: cutoff\nid: %d\ndata: %s\n\n" % (e.last_seq, final))
     except ConnectionResetError:
         pass  # the client went away
+    except StoreError as e:
+        # The headers are sent: end the stream; the client resumes with Last-Event-ID.
+        log.warning("stream ended, the store failed: %s", e)
     return response
 
 

@@ -33,7 +33,7 @@ _COLUMNS = (
 )
 
 # One statement appends a whole batch from parallel arrays, then moves the head; the head row
-# is already locked by this transaction (see transaction()).
+# is already locked by this transaction (see _write()).
 _INSERT = """
 WITH ins AS (
     INSERT INTO events (seq, execution_id, event_id, step, event_type, status, payload, meta,
@@ -261,7 +261,11 @@ class PostgresStore(EventStore):
                 # generic plan made while the table was small (a sequential scan), and keep
                 # it as the table grows: measured, appends fell from 6.3k/s to 2.8k/s within
                 # seconds of starting on an empty database. Planning each time costs less.
-                server_settings={"plan_cache_mode": "force_custom_plan"},
+                server_settings={
+                    "plan_cache_mode": "force_custom_plan",
+                    # An acknowledged event must survive a crash, whatever the server's default.
+                    "synchronous_commit": "on",
+                },
             )
 
     async def close(self) -> None:

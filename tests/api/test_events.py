@@ -124,7 +124,9 @@ async def test_nul_in_a_text_field_is_refused_with_422(client):
     """Text fields are columns; a NUL there is refused on every backend rather than mangled."""
     reply, data = await post(client, {**CONTRACT_BODIES["minimal"], "step": "a\x00b"})
     assert reply.status == 422
-    assert data["errors"] == [{"path": "$.step", "message": "must not contain a NUL character"}]
+    assert data["errors"] == [
+        {"path": "$.step", "message": "must not contain a NUL character or a lone surrogate"}
+    ]
 
 
 async def test_unknown_and_server_owned_fields_are_ignored(client):
@@ -449,3 +451,22 @@ async def test_health_answers_while_the_store_does(client):
     """GET /health is 200 with the store open."""
     reply = await client.get("/health")
     assert reply.status == 200 and await reply.json() == {"status": "ok"}
+
+
+async def test_lone_surrogate_in_a_text_field_is_422_on_the_exact_integer_path(client):
+    """A twenty-digit number sends the body through the standard library's parser, which reads
+    "\\ud800"; a text column cannot hold it, so it is a 422, not a failed commit."""
+    body = (
+        b'{"execution_id": 1, "event_type": "x", "step": "\\ud800", '
+        b'"payload": {"n": 123456789012345678901}}'
+    )
+    reply = await client.post("/api/events", data=body, headers={"Content-Type": "application/json"})
+    assert reply.status == 422
+    assert [e["path"] for e in (await reply.json())["errors"]] == ["$.step"]
+
+
+async def test_null_canonical_field_does_not_conflict_with_its_alias(client):
+    """null means absent: event_type null beside name "call.done" is just name."""
+    reply, data = await post(client, {"execution_id": 1, "name": "call.done", "event_type": None, "step": "s"})
+    assert reply.status == 200, data
+    assert (await read(client, data["event_id"]))["event_type"] == "call.done"

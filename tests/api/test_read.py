@@ -286,3 +286,8 @@ async def test_bad_last_event_id_is_400(sclient):
     """A Last-Event-ID that is not a seq is refused before the stream opens."""
     reply = await sclient.get("/api/events/stream", headers={"Last-Event-ID": "abc"})
     await problem(reply, 400, "invalid_parameter")
+
+
+async def test_filter_with_a_nul_is_400(client):
+    """A filter no text column can hold is a bad parameter, not a database outage."""
+    await problem(await client.get("/api/events", params={"step": "a\x00b"}), 400, "invalid_parameter")
