@@ -322,6 +322,30 @@ def drive(
     return result
 
 
+def raw_row(seq: int, run: int, no: Any, yes: Any, moment: Any) -> tuple[Any, ...]:
+    """One events row as the batch scenario's items become, in the table's column order;
+    booleans and timestamps in the driver's own types."""
+    return (
+        seq,
+        771290770346082466,
+        run * 10**12 + seq,
+        "start",
+        "step.exit",
+        "COMPLETED",
+        '{"status":"COMPLETED"}',
+        '{"command_id":771290770522243237}',
+        "worker-1",
+        "data",
+        None,
+        None,
+        no,
+        yes,
+        moment,
+        moment,
+        0,
+    )
+
+
 async def raw_sqlite(path: Path, size: int, seconds: float, run: int) -> float:
     """Rows per second through aiosqlite's executemany, one transaction per ``size`` rows."""
     import aiosqlite
@@ -337,27 +361,7 @@ async def raw_sqlite(path: Path, size: int, seconds: float, run: int) -> float:
         rows = []
         for _ in range(size):
             seq += 1
-            rows.append(
-                (
-                    seq,
-                    771290770346082466,
-                    run * 10**12 + seq,
-                    "start",
-                    "step.exit",
-                    "COMPLETED",
-                    '{"status":"COMPLETED"}',
-                    '{"command_id":771290770522243237}',
-                    "worker-1",
-                    "data",
-                    None,
-                    None,
-                    0,
-                    1,
-                    1796017004715000,
-                    1796017004715000,
-                    0,
-                )
-            )
+            rows.append(raw_row(seq, run, 0, 1, 1796017004715000))
         await db.execute("BEGIN IMMEDIATE")
         await db.executemany(insert, rows)
         await db.execute("COMMIT")
@@ -398,27 +402,7 @@ async def raw_postgres(dsn: str, size: int, seconds: float, run: int) -> float:
         rows = []
         for _ in range(size):
             seq += 1
-            rows.append(
-                (
-                    seq,
-                    771290770346082466,
-                    run * 10**12 + seq,
-                    "start",
-                    "step.exit",
-                    "COMPLETED",
-                    '{"status":"COMPLETED"}',
-                    '{"command_id":771290770522243237}',
-                    "worker-1",
-                    "data",
-                    None,
-                    None,
-                    False,
-                    True,
-                    now,
-                    now,
-                    0,
-                )
-            )
+            rows.append(raw_row(seq, run, False, True, now))
         async with conn.transaction():
             await conn.copy_records_to_table("events", records=rows, columns=columns)
         count += size

@@ -132,6 +132,16 @@ class Migration:
     name: str
     sql: str
 
+    @property
+    def label(self) -> str:
+        """How it is named to people: 0001_events."""
+        return f"{self.version:04d}_{self.name}"
+
+
+def pending(backend: str, applied: set[int]) -> list[str]:
+    """The labels of the backend's migrations not in ``applied``, in order."""
+    return [m.label for m in load_migrations(backend) if m.version not in applied]
+
 
 def event_from_row(row: Sequence[Any], moment: Callable[[Any], datetime]) -> Event:
     """An Event from a row in the columns' shared order (seq first); ``moment`` turns the

@@ -24,6 +24,7 @@ from .base import (
     event_from_row,
     execution_deltas,
     load_migrations,
+    pending,
 )
 
 _COLUMNS = (
@@ -301,7 +302,7 @@ class PostgresStore(EventStore):
                                 m.version,
                                 m.name,
                             )
-                        done.append(f"{m.version:04d}_{m.name}")
+                        done.append(m.label)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         return done
@@ -321,11 +322,7 @@ class PostgresStore(EventStore):
         with _translated():
             async with self.pool.acquire() as conn:
                 applied = await self._applied(conn, create=False)
-        return [
-            f"{m.version:04d}_{m.name}"
-            for m in load_migrations(self.backend)
-            if m.version not in applied
-        ]
+        return pending(self.backend, applied)
 
     async def ping(self) -> None:
         with _translated():

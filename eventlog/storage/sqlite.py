@@ -28,6 +28,7 @@ from .base import (
     event_from_row,
     execution_deltas,
     load_migrations,
+    pending,
 )
 
 T = TypeVar("T")
@@ -332,7 +333,7 @@ class SqliteStore(EventStore):
                     "INSERT INTO eventlog_migrations VALUES (?, ?, ?)",
                     (m.version, m.name, datetime.now(UTC).isoformat()),
                 )
-                done.append(f"{m.version:04d}_{m.name}")
+                done.append(m.label)
         return done
 
     async def migrate(self) -> list[str]:
@@ -349,11 +350,7 @@ class SqliteStore(EventStore):
             if await cursor.fetchone():
                 cursor = await self._r.execute("SELECT version FROM eventlog_migrations")
                 applied = {v for (v,) in await cursor.fetchall()}
-        return [
-            f"{m.version:04d}_{m.name}"
-            for m in load_migrations(self.backend)
-            if m.version not in applied
-        ]
+        return pending(self.backend, applied)
 
     async def ping(self) -> None:
         with _translated():
