@@ -41,11 +41,10 @@ from .envelope import (
     Text,
     Timestamp,
 )
+from .ids import MAX_ID
 from .problems import EmptyBody, FieldError, InvalidEnvelope, InvalidJson
 from .status import normalise_status
 from .storage.base import Execution
-
-MAX_ID = 2**63 - 1
 
 # Legacy producers' names for three fields: alias -> canonical.
 ALIASES = {"name": "event_type", "node_name": "step", "context": "payload"}
