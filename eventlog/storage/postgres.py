@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -128,7 +128,7 @@ stored AS (
 head AS (
     UPDATE eventlog_head SET last_seq = last_seq + (SELECT count(*) FROM input)
     WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM stored)
-    RETURNING last_seq - (SELECT count(*) FROM input) AS base
+    RETURNING last_seq - (SELECT count(*) FROM input) AS base, clock_timestamp() AS at
 ),
 ins AS (
     INSERT INTO events (seq, execution_id, event_id, step, event_type, status, payload, meta,
@@ -136,7 +136,7 @@ ins AS (
                         created_at, ingested_at, defaulted)
     SELECT head.base + i.ord, i.execution_id, i.event_id, i.step, i.event_type, i.status,
            i.payload::json, i.meta::json, i.worker_id, i.result_kind, i.result_uri,
-           i.event_ids::json, i.actionable, i.informative, i.created_at, $16, i.defaulted
+           i.event_ids::json, i.actionable, i.informative, i.created_at, head.at, i.defaulted
     FROM input i, head
 ),
 executions_up AS (
@@ -144,12 +144,12 @@ executions_up AS (
                             last_event_type, last_seq, status)
     SELECT d.execution_id, d.count, d.first_at, d.last_at, d.last_type, head.base + d.last_index,
            d.status
-    FROM unnest($17::bigint[], $18::bigint[], $19::timestamptz[], $20::timestamptz[],
-                $21::text[], $22::bigint[], $23::text[])
+    FROM unnest($16::bigint[], $17::bigint[], $18::timestamptz[], $19::timestamptz[],
+                $20::text[], $21::bigint[], $22::text[])
          AS d(execution_id, count, first_at, last_at, last_type, last_index, status), head
     ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 )
-SELECT base, pg_notify('eventlog', base::text) FROM head
+SELECT base, at, pg_notify('eventlog', base::text) FROM head
 """
 _LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
 _FIND = (
@@ -338,17 +338,17 @@ class PostgresStore(EventStore):
                     plan = decide({}, {})
                     if plan.events and not plan.records:
                         try:
-                            base = await conn.fetchval(
+                            row = await conn.fetchrow(
                                 _APPEND_IF_NEW,
                                 *_column_args(plan.events),
-                                now,
                                 *_delta_args(plan.events, 0),
                             )
                         except asyncpg.UniqueViolationError:
-                            base = None
-                        if base is not None:
+                            row = None
+                        if row is not None and row[0] is not None:
+                            base, at = row[0], row[1]  # at: the clock once the lock was held
                             return [
-                                Event.stored(e, base + i, now) for i, e in enumerate(plan.events, 1)
+                                Event.stored(e, base + i, at) for i, e in enumerate(plan.events, 1)
                             ]
                 return await self._write(conn, keys, idempotency_keys, now, decide)
 
@@ -371,9 +371,10 @@ class PostgresStore(EventStore):
                 found = await conn.fetch(_FIND_KEYS, list(idempotency_keys), now)
                 records = {r[0]: IdempotencyRecord(*r) for r in found}
             plan = decide(existing, records)
-            stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
+            at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
+            stored = [Event.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
             if stored:
-                await conn.execute(_INSERT, *_insert_args(stored, now, head + len(stored)))
+                await conn.execute(_INSERT, *_insert_args(stored, at, head + len(stored)))
                 await conn.execute(_UPSERT_EXECUTIONS, *_delta_args(plan.events, head))
                 await conn.execute("SELECT pg_notify('eventlog', $1)", str(head + len(stored)))
             if plan.records:

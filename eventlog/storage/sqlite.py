@@ -266,8 +266,9 @@ class SqliteStore(EventStore):
             plan = decide(existing, records)
             stored: list[Event] = []
             if plan.events:
-                stored = [Event.stored(e, head + i, now) for i, e in enumerate(plan.events, 1)]
-                ingested_at = _micros(now)
+                at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
+                stored = [Event.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
+                ingested_at = _micros(at)
                 _many(db, _INSERT, [_row(e, ingested_at) for e in stored])
                 _many(
                     db,

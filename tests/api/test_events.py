@@ -470,3 +470,12 @@ async def test_null_canonical_field_does_not_conflict_with_its_alias(client):
     reply, data = await post(client, {"execution_id": 1, "name": "call.done", "event_type": None, "step": "s"})
     assert reply.status == 200, data
     assert (await read(client, data["event_id"]))["event_type"] == "call.done"
+
+
+async def test_ingested_at_follows_seq(client):
+    """ingested_at is taken with the write lock held, so it never goes back as seq grows."""
+    bodies = [{**MINIMAL, "event_id": str(i)} for i in range(1, 30)]
+    await asyncio.gather(*(post(client, b) for b in bodies))
+    events = await execution_events(client, MINIMAL["execution_id"])
+    stamps = [instant(e["ingested_at"]) for e in sorted(events, key=lambda e: int(e["seq"]))]
+    assert stamps == sorted(stamps)
