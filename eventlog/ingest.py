@@ -294,27 +294,19 @@ class Writer:
     async def _commit(self, jobs: list[_Job]) -> None:
         try:
             results = await self._transaction(jobs)
-        except ValueNotStorable as e:
-            if len(jobs) > 1:  # find the job the database refused; commit the others
-                for job in jobs:
-                    await self._commit([job])
-                return
-            results = {id(jobs[0]): InvalidEnvelope(f"the database refused a value: {e}")}
         except StoreUnavailable as e:
             log.warning("write failed, database unavailable: %s", e)
             problem = DatabaseUnavailable(str(e), headers={"Retry-After": "1"})
             results = {id(job): problem for job in jobs}
-        except StoreError as e:
-            log.error("write failed: %s", e)
-            problem = DatabaseUnavailable(f"the store failed: {e}", headers={"Retry-After": "1"})
-            results = {id(job): problem for job in jobs}
         except Exception as e:  # never leave a request waiting forever
-            if len(jobs) > 1:  # one request's bad value must not fail the others
+            blame_one = isinstance(e, ValueNotStorable) or not isinstance(e, StoreError)
+            if blame_one and len(jobs) > 1:
+                # A value one request carried broke the write: the others must not fail with
+                # it, so each is committed alone.
                 for job in jobs:
                     await self._commit([job])
                 return
-            log.exception("write failed unexpectedly")
-            results = {id(jobs[0]): e}
+            results = {id(job): _failure(e) for job in jobs}
         for job in jobs:
             outcome = results[id(job)]
             if job.future.done():
@@ -394,6 +386,17 @@ class Writer:
         for job, receipt, plan in plans:
             results[id(job)] = (receipt, [Appended(seen[k], dup) for k, dup in plan])
         return results
+
+
+def _failure(e: Exception) -> Exception:
+    """What a request is told when its transaction failed with ``e``."""
+    if isinstance(e, ValueNotStorable):
+        return InvalidEnvelope(f"the database refused a value: {e}")
+    if isinstance(e, StoreError):
+        log.error("write failed: %s", e)
+        return DatabaseUnavailable(f"the store failed: {e}", headers={"Retry-After": "1"})
+    log.exception("write failed unexpectedly", exc_info=e)
+    return e
 
 
 def now() -> datetime:

@@ -492,29 +492,23 @@ def main_bench(opts: argparse.Namespace) -> None:
                 capture_output=True,
             )
             server, port = start_eventlog(work, dsn, backend)
+
+            def single(target: int, concurrency: int) -> dict[str, Any]:
+                return drive(
+                    target,
+                    path="/api/events",
+                    concurrency=concurrency,
+                    batch=0,
+                    rate=0,
+                    opts=opts,
+                    run=next(runs),
+                )
+
             try:
                 single_max = 0.0
                 for c in opts.concurrency:
                     bare, ours = paired(
-                        lambda c=c: drive(
-                            bare_port,
-                            path="/api/events",
-                            concurrency=c,
-                            batch=0,
-                            rate=0,
-                            opts=opts,
-                            run=next(runs),
-                        ),
-                        lambda c=c: drive(
-                            port,
-                            path="/api/events",
-                            concurrency=c,
-                            batch=0,
-                            rate=0,
-                            opts=opts,
-                            run=next(runs),
-                        ),
-                        opts.repeat,
+                        lambda c=c: single(bare_port, c), lambda c=c: single(port, c), opts.repeat
                     )
                     best = summary(ours, bare)
                     best["rss"] = server.peak_rss_mb()

@@ -362,7 +362,11 @@ async def test_overloaded_batches_get_503_and_acknowledged_ones_are_stored(
 
 async def test_batch_item_with_null_worker_inherits_the_batch_worker(client):
     """An item's null means absent, so it takes the batch's worker_id."""
-    batch = {"execution_id": 5, "worker_id": "w-b", "events": [{"name": "a", "step": "s", "worker_id": None}]}
+    batch = {
+        "execution_id": 5,
+        "worker_id": "w-b",
+        "events": [{"name": "a", "step": "s", "worker_id": None}],
+    }
     assert (await client.post("/api/events/batch", json=batch)).status == 200
     (event,) = await events_of(client, 5)
     assert event["worker_id"] == "w-b"

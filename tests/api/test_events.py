@@ -460,14 +460,18 @@ async def test_lone_surrogate_in_a_text_field_is_422_on_the_exact_integer_path(c
         b'{"execution_id": 1, "event_type": "x", "step": "\\ud800", '
         b'"payload": {"n": 123456789012345678901}}'
     )
-    reply = await client.post("/api/events", data=body, headers={"Content-Type": "application/json"})
+    reply = await client.post(
+        "/api/events", data=body, headers={"Content-Type": "application/json"}
+    )
     assert reply.status == 422
     assert [e["path"] for e in (await reply.json())["errors"]] == ["$.step"]
 
 
 async def test_null_canonical_field_does_not_conflict_with_its_alias(client):
     """null means absent: event_type null beside name "call.done" is just name."""
-    reply, data = await post(client, {"execution_id": 1, "name": "call.done", "event_type": None, "step": "s"})
+    reply, data = await post(
+        client, {"execution_id": 1, "name": "call.done", "event_type": None, "step": "s"}
+    )
     assert reply.status == 200, data
     assert (await read(client, data["event_id"]))["event_type"] == "call.done"
 

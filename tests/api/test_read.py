@@ -290,4 +290,6 @@ async def test_bad_last_event_id_is_400(sclient):
 
 async def test_filter_with_a_nul_is_400(client):
     """A filter no text column can hold is a bad parameter, not a database outage."""
-    await problem(await client.get("/api/events", params={"step": "a\x00b"}), 400, "invalid_parameter")
+    await problem(
+        await client.get("/api/events", params={"step": "a\x00b"}), 400, "invalid_parameter"
+    )

@@ -180,13 +180,24 @@ async def test_every_acknowledged_event_survives_sigkill_right_after_the_last_re
         acked = _acked_keys(bodies, posted)
         assert len(acked) == EVENTS, "two acknowledged requests got the same event id"
 
-        restarted = start_server(dsn, node_id=2)
-        for (execution_id, event_id), body in acked.items():
-            event = await _get_event(session, restarted.url, execution_id, event_id)
-            assert {k: event[k] for k in _expected(body)} == _expected(body), body
-        stored = await _all_stored(session, restarted.url, bodies)
+        restarted, stored = await _restart_and_read(session, start_server, dsn, acked, bodies)
     assert _duplicates(stored) == []
     assert sorted(stored) == sorted(acked)
+
+
+async def _restart_and_read(
+    session: aiohttp.ClientSession,
+    start_server: Any,
+    dsn: str,
+    acked: dict[Key, dict[str, Any]],
+    bodies: list[dict[str, Any]],
+) -> tuple[Any, list[Key]]:
+    """A new server on the store: every acknowledged event reads back as sent; all keys stored."""
+    restarted = start_server(dsn, node_id=2)
+    for (execution_id, event_id), body in acked.items():
+        event = await _get_event(session, restarted.url, execution_id, event_id)
+        assert {k: event[k] for k in _expected(body)} == _expected(body), body
+    return restarted, await _all_stored(session, restarted.url, bodies)
 
 
 async def test_sigkill_with_requests_in_flight_loses_no_ack_and_retries_store_each_event_once(
@@ -210,11 +221,7 @@ async def test_sigkill_with_requests_in_flight_loses_no_ack_and_retries_store_ea
         assert posted.failed, "the kill interrupted nothing: every request was acknowledged"
         acked = _acked_keys(bodies, posted)
 
-        restarted = start_server(dsn, node_id=2)
-        for (execution_id, event_id), body in acked.items():
-            event = await _get_event(session, restarted.url, execution_id, event_id)
-            assert {k: event[k] for k in _expected(body)} == _expected(body), body
-        stored = await _all_stored(session, restarted.url, bodies)
+        restarted, stored = await _restart_and_read(session, start_server, dsn, acked, bodies)
         assert _duplicates(stored) == []
         assert set(acked) <= set(stored), "an acknowledged event was lost"
         assert set(stored) <= sent_keys, "an event nobody sent was stored"
