@@ -71,7 +71,7 @@ class Settings:
     # Bearer tokens. None configured: no access control. A write token may also read.
     write_tokens: list[str] = attrs.field(factory=list)
     read_tokens: list[str] = attrs.field(factory=list)
-    open_paths: list[str] = attrs.field(factory=lambda: ["/health"])
+    open_paths: list[str] = attrs.field(factory=lambda: ["/health", "/ready", "/metrics"])
 
     @property
     def auth_enabled(self) -> bool:

@@ -144,6 +144,15 @@ class EventLog:
         """Raise DatabaseUnavailable unless the store answers."""
         await _reading(self.store.ping)
 
+    async def ready(self) -> None:
+        """Raise DatabaseUnavailable unless the store answers and needs no migration."""
+        pending = await _reading(self.store.pending_migrations)
+        if pending:
+            raise DatabaseUnavailable(
+                f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`",
+                headers={"Retry-After": "5"},
+            )
+
 
 async def _reading(call: Callable[[], Awaitable[T]]) -> T:
     try:

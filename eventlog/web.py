@@ -88,6 +88,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/api/executions/{execution_id}/events", get_execution_events)
     app.router.add_get("/api/executions/{execution_id}/events/stream", stream_execution_events)
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
     return app
 
 
@@ -354,6 +355,11 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 while the store answers; 503 problem otherwise."""
-    await request.app[EVENT_LOG].ping()
+    """Liveness: 200 while the process serves requests (the store is not consulted)."""
     return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when the store answers and its schema is current; 503 problem otherwise."""
+    await request.app[EVENT_LOG].ready()
+    return json_response({"status": "ready"})

@@ -241,4 +241,5 @@ async def test_unreachable_database_is_503_with_retry_after(aiohttp_client, pg_d
     assert int(reply.headers["Retry-After"]) >= 1
     reply = await asyncio.wait_for(client.get("/api/events/1"), timeout=10)
     await problem(reply, 503, "db_unavailable")
-    await problem(await client.get("/health"), 503, "db_unavailable")
+    await problem(await client.get("/ready"), 503, "db_unavailable")
+    assert (await client.get("/health")).status == 200  # alive, though not ready

@@ -447,10 +447,12 @@ async def test_limit_bounds_are_inclusive(client):
         assert reply.status == 200
 
 
-async def test_health_answers_while_the_store_does(client):
-    """GET /health is 200 with the store open."""
+async def test_probes_answer_while_the_store_does(client):
+    """GET /health and GET /ready are 200 with the store open and its schema current."""
     reply = await client.get("/health")
     assert reply.status == 200 and await reply.json() == {"status": "ok"}
+    reply = await client.get("/ready")
+    assert reply.status == 200 and await reply.json() == {"status": "ready"}
 
 
 async def test_lone_surrogate_in_a_text_field_is_422_on_the_exact_integer_path(client):
