@@ -405,6 +405,60 @@ def _field_errors(exc: BaseException, path: str, wire: dict[str, str]) -> list[F
     return [FieldError(path, str(exc))]
 
 
+def plain_json_errors(value: Any, path: str = "$") -> list[FieldError]:
+    """Where a Python value (from the library API) holds something JSON cannot say: a NaN, a
+    tuple, a datetime, a key that is not a string. Over HTTP such values cannot arrive; from
+    Python they would otherwise be stored changed."""
+    kind = type(value)
+    if kind in (str, int, bool) or value is None:
+        return []
+    if kind is float:
+        return [] if math.isfinite(value) else [FieldError(path, "must be a finite number")]
+    if kind is list:
+        return [e for i, item in enumerate(value) for e in plain_json_errors(item, f"{path}[{i}]")]
+    if kind is dict:
+        errors = []
+        for key, item in value.items():
+            if type(key) is not str:
+                errors.append(FieldError(path, f"keys must be strings, not {type(key).__name__}"))
+            else:
+                errors += plain_json_errors(item, f"{path}.{key}")
+        return errors
+    return [FieldError(path, f"must be a JSON value, not {kind.__name__}")]
+
+
+def wire_form(envelope: Envelope) -> Any:
+    """An Envelope built in Python, as the dict a producer would send, so it is checked by the
+    same rules; a naive created_at is refused rather than guessed."""
+    data = {k: v for k, v in attrs.asdict(envelope, recurse=False).items() if v is not None}
+    created = data.get("created_at")
+    if isinstance(created, datetime) and created.tzinfo is not None:
+        data["created_at"] = format_timestamp(created)
+    if isinstance(data.get("event_ids"), tuple):
+        data["event_ids"] = list(data["event_ids"])
+    return data
+
+
+def structure_python(items: list[Any], *, single: bool = False) -> list[Envelope]:
+    """Envelopes handed over in Python (dicts in any dialect, or Envelope objects), validated
+    exactly as over HTTP; InvalidEnvelope lists every bad item and field (paths $[i]...)."""
+    envelopes, errors = [], []
+    for index, item in enumerate(items):
+        path = "$" if single else f"$[{index}]"
+        if type(item) is Envelope:
+            item = wire_form(item)
+        item_errors = plain_json_errors(item, path)
+        if not item_errors:
+            envelope, item_errors = _structure_envelope(item, path)
+            envelopes.append(envelope)
+        errors += item_errors
+    if not items:
+        errors.append(FieldError("$", "must hold at least one event"))
+    if errors:
+        raise InvalidEnvelope(_summary(errors), errors=errors)
+    return envelopes  # type: ignore[return-value]
+
+
 @attrs.frozen
 class _BatchHeader:
     """The NoETL batch object's own fields; its items inherit them."""

@@ -160,6 +160,15 @@ def load_settings(
     return settings
 
 
+def make_settings(**values: Any) -> Settings:
+    """Settings from keyword arguments alone (no file, no environment), validated as
+    load_settings validates them; a value of None keeps the default."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    return load_settings(env={}, overrides=values)
+
+
 def _messages(exc: ClassValidationError) -> list[str]:
     noted, other = exc.group_exceptions()
     return [f"{note.name}: {sub}" for sub, note in noted] + [str(e) for e in other]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import NewType
+from typing import Any, NewType
 
 import attrs
 
@@ -81,6 +82,16 @@ class NewEvent:
     def key(self) -> tuple[int, int]:
         """The log's key: (execution_id, event_id)."""
         return (self.execution_id, self.event_id)
+
+    @property
+    def payload(self) -> Any:
+        """The payload, parsed (integers of any size exactly)."""
+        return json.loads(self.payload_json)
+
+    @property
+    def meta(self) -> dict[str, Any] | None:
+        """The meta object, parsed; None when there is none."""
+        return None if self.meta_json is None else json.loads(self.meta_json)
 
 
 @attrs.define

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .codec import structure_envelope
-from .config import Settings
+import attrs
+
+from .codec import dumps, structure_python, wire_form
+from .config import Settings, make_settings
 from .envelope import Envelope, Event
 from .ids import SnowflakeGenerator
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .problems import DatabaseUnavailable, NotFound
 from .storage.base import EventStore, Execution, Page, StoreError, open_store
-from .stream import Filter, Hub, Subscription
+from .stream import CutOff, Filter, Hub, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -25,10 +28,18 @@ class SchemaNotCurrent(Exception):
 
 
 class EventLog:
-    """An event log on one store: append events, read them back.
+    """An event log on one store: append events, read them back, follow them live.
 
-    Use ``async with EventLog(settings) as log`` (or ``start``/``close``).
+    ``async with EventLog.open("sqlite:///var/events.db") as log:`` (or ``EventLog(settings)``
+    with ``start``/``close``). The HTTP service is a thin skin over this class.
     """
+
+    @classmethod
+    def open(cls, dsn: str | None = None, **settings: Any) -> EventLog:
+        """An EventLog on ``dsn`` (default: the service's SQLite file) with any setting of
+        config/eventlog.toml as a keyword; use it as an async context manager. Raises
+        ConfigError for an unknown setting or a bad value."""
+        return cls(make_settings(dsn=dsn, **settings))
 
     def __init__(self, settings: Settings, *, store: EventStore | None = None) -> None:
         self.settings = settings
@@ -84,11 +95,26 @@ class EventLog:
         await self.close()
 
     async def append(self, envelope: Envelope | dict[str, Any]) -> Appended:
-        """Validate, normalise and durably append one event; a retry is reported as duplicate."""
-        if not isinstance(envelope, Envelope):
-            envelope = structure_envelope(envelope)
-        _, (appended,) = await self.ingest([envelope])
+        """Validate, normalise and durably append one event (a dict in any producer dialect,
+        or an Envelope); a retry is reported as duplicate. Raises InvalidEnvelope (with the
+        field errors HTTP would report), EventConflict, DatabaseUnavailable."""
+        _, (appended,) = await self.ingest(structure_python([envelope], single=True))
         return appended
+
+    async def append_batch(
+        self,
+        envelopes: Iterable[Envelope | dict[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[Receipt, list[Appended]]:
+        """Append several events atomically (all or none), as POST /api/events/batch does.
+        With ``idempotency_key``, calling again with the same events is a replay, not a
+        second append (see ``ingest``)."""
+        items = list(envelopes)
+        idempotency = None
+        if idempotency_key is not None:
+            idempotency = Idempotency(idempotency_key, _fingerprint(items))
+        return await self.ingest(structure_python(items), batch=True, idempotency=idempotency)
 
     async def ingest(
         self,
@@ -120,12 +146,71 @@ class EventLog:
         """One page of events in seq order."""
         return await _reading(lambda: self.store.page(page))
 
+    async def pages(
+        self,
+        execution_id: int | None = None,
+        *,
+        after: int | None = None,
+        page_size: int = 500,
+        descending: bool = False,
+        **filters: str | None,
+    ) -> AsyncIterator[list[Event]]:
+        """Pages of matching events in seq order (newest first when ``descending``), each read
+        when the previous one is done; ``after`` is a seq cursor. Filters: event_type, step,
+        status, worker_id."""
+        page = Filter(execution_id, **filters).page(
+            after=after, limit=page_size, descending=descending
+        )
+        while True:
+            events = await self.page(page)
+            if events:
+                yield events
+            if len(events) < page_size:
+                return
+            page = attrs.evolve(page, after=events[-1].seq)
+
+    async def events(
+        self,
+        execution_id: int | None = None,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        page_size: int = 500,
+        descending: bool = False,
+        **filters: str | None,
+    ) -> AsyncIterator[Event]:
+        """Matching events one by one, read a page at a time (see ``pages``); at most
+        ``limit`` of them when given."""
+        if limit is not None:
+            page_size = max(1, min(page_size, limit))
+        count = 0
+        async for events in self.pages(
+            execution_id, after=after, page_size=page_size, descending=descending, **filters
+        ):
+            for event in events:
+                if limit is not None and count >= limit:
+                    return
+                yield event
+                count += 1
+
     def subscribe(
+        self,
+        after: int | None = None,
+        *,
+        execution_id: int | None = None,
+        **filters: str | None,
+    ) -> LiveEvents:
+        """Matching events with seq > ``after`` (from this call when None): stored ones first,
+        then live ones as they commit, with no gap and no repeat, until the log closes.
+        ``async for event in log.subscribe(...)``, or ``async with`` it to end it early."""
+        return LiveEvents(self.hub, Filter(execution_id, **filters), after)
+
+    def follow(
         self, filter: Filter, after: int | None = None, *, heartbeat: float | None = None
     ) -> Subscription:
-        """Matching events with seq > ``after`` (from now when None), stored ones first, then
-        live, with no gap and no repeat; None on each quiet ``heartbeat``. Raises CutOff when
-        the subscriber falls too far behind. Use ``async with log.subscribe(...) as events:``."""
+        """The stream as the HTTP service sends it: lists of events as they arrive together,
+        None on each quiet ``heartbeat``, CutOff when the reader falls too far behind.
+        Use ``async with log.follow(...) as subscription:``."""
         beat = self.settings.stream_heartbeat if heartbeat is None else heartbeat
         return self.hub.subscribe(filter, after, heartbeat=beat)
 
@@ -152,6 +237,57 @@ class EventLog:
                 f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`",
                 headers={"Retry-After": "5"},
             )
+
+
+class LiveEvents:
+    """The events of ``EventLog.subscribe``: an async iterator (and context manager).
+
+    Unlike an HTTP stream it is never cut off: when the reader falls too far behind for the
+    live queue, it carries on from the store, from where it was.
+    """
+
+    def __init__(self, hub: Hub, filter: Filter, after: int | None) -> None:
+        self._hub = hub
+        self._filter = filter
+        # Entered now, so "from now" means from the subscribe call, not the first read.
+        self._subscription = hub.subscribe(filter, after, heartbeat=None)
+        self._subscription.open()
+        self._events = self._follow()
+
+    def __aiter__(self) -> LiveEvents:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
+
+    async def _follow(self) -> AsyncIterator[Event]:
+        while True:
+            try:
+                async for chunk in self._subscription.chunks():
+                    for event in chunk or ():
+                        yield event
+                return  # the log closed
+            except CutOff as e:
+                self._subscription.close()
+                self._subscription = self._hub.subscribe(self._filter, e.last_seq, heartbeat=None)
+                self._subscription.open()
+
+    async def aclose(self) -> None:
+        """Stop following."""
+        self._subscription.close()
+        await self._events.aclose()
+
+    async def __aenter__(self) -> LiveEvents:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _fingerprint(items: list[Any]) -> str:
+    """What a library batch asks for, for its idempotency key (events in their wire form)."""
+    wire = [wire_form(e) if isinstance(e, Envelope) else e for e in items]
+    return hashlib.sha256(b"library\n" + dumps(wire)).hexdigest()
 
 
 async def _reading(call: Callable[[], Awaitable[T]]) -> T:

@@ -175,7 +175,9 @@ class Hub:
             sub.waiting += len(matching)
             sub.queue.put_nowait(matching)
 
-    def subscribe(self, filter: Filter, after: int | None, *, heartbeat: float) -> Subscription:
+    def subscribe(
+        self, filter: Filter, after: int | None, *, heartbeat: float | None
+    ) -> Subscription:
         """A subscription to events matching ``filter`` with seq > ``after`` (from now when
         None); see Subscription."""
         return Subscription(self, filter, after, heartbeat)
@@ -185,25 +187,35 @@ class Subscription:
     """``async with hub.subscribe(...) as events: async for event in events``.
 
     Yields the matching events, first those already stored, then live ones, with no gap and
-    no repeat; None after each quiet ``heartbeat``. Raises CutOff when the subscriber falls too
+    no repeat; None after each quiet ``heartbeat`` (never, when it is None). Raises CutOff when the subscriber falls too
     far behind; ends when the log closes. Live events are collected from the moment the block
     is entered.
     """
 
-    def __init__(self, hub: Hub, filter: Filter, after: int | None, heartbeat: float) -> None:
+    def __init__(
+        self, hub: Hub, filter: Filter, after: int | None, heartbeat: float | None
+    ) -> None:
         self._hub = hub
         self._sub = _Subscriber(filter, hub._queue_events)
         self._after = after
         self._heartbeat = heartbeat
         self._start = 0
 
-    async def __aenter__(self) -> Subscription:
+    def open(self) -> None:
+        """Start collecting live events (``async with`` does this)."""
         self._hub._subscribers.add(self._sub)
         self._start = self._hub.last_seq  # from here on the queue has every match
+
+    def close(self) -> None:
+        """Stop collecting (``async with`` does this)."""
+        self._hub._subscribers.discard(self._sub)
+
+    async def __aenter__(self) -> Subscription:
+        self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._hub._subscribers.discard(self._sub)
+        self.close()
 
     async def __aiter__(self) -> AsyncIterator[Event | None]:
         async for chunk in self.chunks():

@@ -334,7 +334,7 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     try:
-        async with event_log.subscribe(filter, after) as subscription:
+        async with event_log.follow(filter, after) as subscription:
             await response.prepare(request)
             await response.write(b": stream open\n\n")  # subscribed: live events are kept
             async for chunk in subscription.chunks():
