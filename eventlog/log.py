@@ -57,6 +57,7 @@ class EventLog:
             idempotency_ttl=settings.idempotency_ttl,
             purge_interval=settings.idempotency_purge_interval,
         )
+        self.running = False  # between start and close
 
     async def start(self) -> None:
         """Open the store, bring its schema up to date (unless configured off), start the writer."""
@@ -75,10 +76,12 @@ class EventLog:
             raise
         self.writer.on_commit = self.hub.notify
         self.writer.start()
+        self.running = True
 
     async def close(self) -> None:
         """Commit what is queued, then close the store."""
         # The writer first: what is queued is committed (and reaches the streams) before they end.
+        self.running = False
         try:
             await self.writer.stop()
         finally:

@@ -200,6 +200,7 @@ class Subscription:
         self._after = after
         self._heartbeat = heartbeat
         self._start = 0
+        self.position = 0  # the seq the reader has been given everything up to
 
     def open(self) -> None:
         """Start collecting live events (``async with`` does this)."""
@@ -209,6 +210,12 @@ class Subscription:
     def close(self) -> None:
         """Stop collecting (``async with`` does this)."""
         self._hub._subscribers.discard(self._sub)
+
+    def end(self) -> None:
+        """End the stream: the reader gets what is queued, then the end."""
+        self._sub.ended = True
+        self._sub.queue.put_nowait([])  # wake it, so it notices
+        self.close()
 
     async def __aenter__(self) -> Subscription:
         self.open()
@@ -229,19 +236,20 @@ class Subscription:
         """The same events, in lists of those that arrived together (for writers that can send
         several at once)."""
         sub, start, store = self._sub, self._start, self._hub._store
-        sent = start if self._after is None else self._after
+        self.position = start if self._after is None else self._after
         # What was missed, read from the store up to where the queue takes over.
-        while sent < start:
-            events = await store.page(sub.filter.page(after=sent, until=start, limit=READ_PAGE))
+        while self.position < start:
+            page = sub.filter.page(after=self.position, until=start, limit=READ_PAGE)
+            events = await store.page(page)
             if events:
                 yield events
-                sent = events[-1].seq
+                self.position = events[-1].seq
             if len(events) < READ_PAGE:
                 break
-        sent = max(sent, start)
+        self.position = max(self.position, start)
         while not (sub.ended and sub.queue.empty()):
             if sub.overflowed and sub.queue.empty():
-                raise CutOff(sent)
+                raise CutOff(self.position)
             try:
                 async with asyncio.timeout(self._heartbeat):
                     chunk = await sub.queue.get()
@@ -249,7 +257,7 @@ class Subscription:
                 yield None
                 continue
             sub.waiting -= len(chunk)
-            fresh = [e for e in chunk if e.seq > sent]  # not already sent from the store
+            fresh = [e for e in chunk if e.seq > self.position]  # not already sent from the store
             if fresh:
                 yield fresh
-                sent = fresh[-1].seq
+                self.position = fresh[-1].seq

@@ -42,6 +42,7 @@ log = logging.getLogger("eventlog")
 SETTINGS = web.AppKey("settings", Settings)
 EVENT_LOG = web.AppKey("event_log", EventLog)
 SSE_CACHE = web.AppKey("sse_cache", dict)
+STREAMS = web.AppKey("streams", set)  # the live streams being served, to end at shutdown
 SSE_CACHE_SIZE = 4096
 
 MAX_PAGE = 1000
@@ -49,7 +50,12 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.Application:
-    """The aiohttp application; the store is opened on startup and closed on cleanup."""
+    """The aiohttp application; the store is opened on startup and closed on cleanup.
+
+    It may be mounted in another application (``parent.add_subapp("/events", app)``): aiohttp
+    runs its startup and cleanup with the parent's. An ``event_log`` the caller already started
+    is shared, not started or closed here; one not yet started is run with the app.
+    """
     middlewares = [problem_middleware]
     if settings.auth_enabled:
         middlewares.append(
@@ -62,19 +68,23 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     )
     app[SETTINGS] = settings
     app[SSE_CACHE] = {}
+    app[STREAMS] = set()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         log = event_log or EventLog(settings)
-        await log.start()
+        owned = not log.running
+        if owned:
+            await log.start()
         app[EVENT_LOG] = log
         yield
-        await log.close()
+        if owned:
+            await log.close()
 
     async def end_streams(app: web.Application) -> None:
         # Streams never finish by themselves; at shutdown they must, or the server waits its
-        # whole shutdown_timeout for them.
-        if EVENT_LOG in app:
-            app[EVENT_LOG].hub.end_streams()
+        # whole shutdown_timeout for them. Only this app's: a shared log may have other readers.
+        for subscription in list(app[STREAMS]):
+            subscription.end()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(end_streams)
@@ -333,8 +343,10 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
+    subscription = event_log.follow(filter, after)
     try:
-        async with event_log.follow(filter, after) as subscription:
+        async with subscription:
+            request.app[STREAMS].add(subscription)
             await response.prepare(request)
             await response.write(b": stream open\n\n")  # subscribed: live events are kept
             async for chunk in subscription.chunks():
@@ -342,16 +354,27 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
                     await response.write(b": keep-alive\n\n")
                 else:
                     await response.write(b"".join(_sse(request.app, e) for e in chunk))
+            # The log is closing: say so, and where to resume, rather than just hanging up.
+            await response.write(
+                _final("end", "the server is shutting down", subscription.position)
+            )
     except CutOff as e:
-        final = orjson.dumps({"reason": "too far behind", "resume_after": str(e.last_seq)})
         with contextlib.suppress(ConnectionResetError):
-            await response.write(b"event: cutoff\nid: %d\ndata: %s\n\n" % (e.last_seq, final))
+            await response.write(_final("cutoff", "too far behind", e.last_seq))
     except ConnectionResetError:
         pass  # the client went away
     except StoreError as e:
         # The headers are sent: end the stream; the client resumes with Last-Event-ID.
         log.warning("stream ended, the store failed: %s", e)
+    finally:
+        request.app[STREAMS].discard(subscription)
     return response
+
+
+def _final(kind: str, reason: str, resume_after: int) -> bytes:
+    """The last message of a stream the server ends: why, and the seq to resume after."""
+    data = orjson.dumps({"reason": reason, "resume_after": str(resume_after)})
+    return b"event: %s\nid: %d\ndata: %s\n\n" % (kind.encode(), resume_after, data)
 
 
 async def health(request: web.Request) -> web.Response:

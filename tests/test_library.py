@@ -15,6 +15,7 @@ from eventlog.envelope import Envelope
 from eventlog.log import EventLog
 from eventlog.problems import EventConflict, InvalidEnvelope, NotFound
 from eventlog.web import create_app
+
 from .api.helpers import CONTRACT_BODIES, assert_reads_back
 
 
