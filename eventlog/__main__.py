@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from . import tools
+from . import logs, tools
 from .config import ConfigError, Settings, load_settings
 from .ids import decode
 from .problems import Problem
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks one)")
     serve.add_argument("--node-id", type=int, help="snowflake node id 0-1023, unique per instance")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON")
 
     migrate = commands.add_parser("migrate", help="apply pending schema migrations and exit")
     _store_flags(migrate)
@@ -79,6 +80,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "port": getattr(args, "port", None),
         "node_id": getattr(args, "node_id", None),
         "log_level": getattr(args, "log_level", None),
+        "log_format": getattr(args, "log_format", None),
     }
     return load_settings(args.config, overrides=overrides)
 
@@ -90,7 +92,9 @@ async def _serve(settings: Settings) -> int:
         create_app(settings),
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,
-        **({} if settings.access_log else {"access_log": None}),
+        **(
+            {"access_log_class": logs.AccessLogger} if settings.access_log else {"access_log": None}
+        ),
     )
     try:
         await runner.setup()
@@ -179,11 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"eventlog: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format.lower())
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))

@@ -427,6 +427,19 @@ def plain_json_errors(value: Any, path: str = "$") -> list[FieldError]:
     return [FieldError(path, f"must be a JSON value, not {kind.__name__}")]
 
 
+REDACTED = "[REDACTED]"
+
+
+def redact(value: Any, keys: frozenset[str]) -> Any:
+    """``value`` with the value of every object key in ``keys`` (lower-case; compared without
+    regard to case) replaced by "[REDACTED]", at any depth. The input is not changed."""
+    if type(value) is dict:
+        return {k: REDACTED if k.lower() in keys else redact(v, keys) for k, v in value.items()}
+    if type(value) is list:
+        return [redact(v, keys) for v in value]
+    return value
+
+
 def wire_form(envelope: Envelope) -> Any:
     """An Envelope built in Python, as the dict a producer would send, so it is checked by the
     same rules; a naive created_at is refused rather than guessed."""

@@ -67,7 +67,11 @@ class Settings:
     log_level: str = attrs.field(
         default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    log_format: str = attrs.field(default="text", validator=_one_of("TEXT", "JSON"))
     access_log: bool = True
+    # Keys whose values are replaced by "[REDACTED]" in payload and meta before storage, at
+    # any depth, compared without regard to case. Empty: nothing is redacted.
+    redact_keys: list[str] = attrs.field(factory=list)
     # Bearer tokens. None configured: no access control. A write token may also read.
     write_tokens: list[str] = attrs.field(factory=list)
     read_tokens: list[str] = attrs.field(factory=list)

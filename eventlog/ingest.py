@@ -197,6 +197,8 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         # Called after every transaction with the highest seq this writer has committed.
         self.on_commit: Callable[[int], None] | None = None
+        # Called after every group commit with its event count and duration (for metrics).
+        self.on_group: Callable[[int, float], None] | None = None
         self._committed = 0
         self._closing = False
 
@@ -273,6 +275,7 @@ class Writer:
         await asyncio.gather(*in_flight)
 
     async def _commit_group(self, jobs: list[_Job], count: int) -> None:
+        started = time.perf_counter()
         try:
             await self._commit(jobs)
         finally:
@@ -280,6 +283,8 @@ class Writer:
             self._slots.release()
             if self.on_commit is not None:
                 self.on_commit(self._committed)
+            if self.on_group is not None:
+                self.on_group(count, time.perf_counter() - started)
 
     async def _purge(self) -> None:
         self._next_purge = time.monotonic() + self._purge_interval

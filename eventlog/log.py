@@ -9,11 +9,12 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .codec import dumps, structure_python, wire_form
+from .codec import dumps, redact, structure_python, wire_form
 from .config import Settings, make_settings
 from .envelope import Envelope, Event
 from .ids import SnowflakeGenerator
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
+from .metrics import Metrics
 from .problems import DatabaseUnavailable, NotFound
 from .storage.base import EventStore, Execution, Page, StoreError, open_store
 from .stream import CutOff, Filter, Hub, Subscription
@@ -58,6 +59,14 @@ class EventLog:
             purge_interval=settings.idempotency_purge_interval,
         )
         self.running = False  # between start and close
+        self._redact = frozenset(k.lower() for k in settings.redact_keys)
+        self.metrics = Metrics()
+        self.writer.on_group = self.metrics.committed
+        self.metrics.follow(
+            lambda: self.writer.queued_events,
+            lambda: self.hub.subscriber_count,
+            lambda: self.hub.last_seq,
+        )
 
     async def start(self) -> None:
         """Open the store, bring its schema up to date (unless configured off), start the writer."""
@@ -132,22 +141,42 @@ class EventLog:
         first receipt comes back marked ``replayed`` (and no events); another request under the
         key raises IdempotencyConflict.
         """
+        if self._redact:
+            envelopes = [
+                attrs.evolve(
+                    e,
+                    payload=redact(e.payload, self._redact),
+                    meta=None if e.meta is None else redact(e.meta, self._redact),
+                )
+                for e in envelopes
+            ]
         received_at = now()
         events = [normalise(e, self.ids, received_at, in_batch=batch) for e in envelopes]
-        return await self.writer.submit(
-            events, request_id=str(self.ids.next_id()), idempotency=idempotency
-        )
+        try:
+            receipt, appended = await self.writer.submit(
+                events, request_id=str(self.ids.next_id()), idempotency=idempotency
+            )
+        except DatabaseUnavailable:
+            self.metrics.store_errors.labels("write").inc()
+            raise
+        if receipt.replayed:
+            self.metrics.requests_replayed.inc()
+        else:
+            duplicates = len(receipt.duplicates)
+            self.metrics.events_duplicate.inc(duplicates)
+            self.metrics.events_accepted.inc(len(events) - duplicates)
+        return receipt, appended
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event:
         """The event with this id; NotFound when there is none."""
-        event = await _reading(lambda: self.store.get(event_id, execution_id))
+        event = await self._reading(lambda: self.store.get(event_id, execution_id))
         if event is None:
             raise NotFound(f"no event with id {event_id}")
         return event
 
     async def page(self, page: Page) -> list[Event]:
         """One page of events in seq order."""
-        return await _reading(lambda: self.store.page(page))
+        return await self._reading(lambda: self.store.page(page))
 
     async def pages(
         self,
@@ -219,27 +248,34 @@ class EventLog:
 
     async def execution(self, execution_id: int) -> Execution:
         """One execution's summary; NotFound when it has no events."""
-        found = await _reading(lambda: self.store.execution(execution_id))
+        found = await self._reading(lambda: self.store.execution(execution_id))
         if found is None:
             raise NotFound(f"no execution with id {execution_id}")
         return found
 
     async def executions(self, before: int | None = None, limit: int = 100) -> list[Execution]:
         """Executions by newest activity first, older than the ``before`` cursor."""
-        return await _reading(lambda: self.store.executions(before, limit))
+        return await self._reading(lambda: self.store.executions(before, limit))
 
     async def ping(self) -> None:
         """Raise DatabaseUnavailable unless the store answers."""
-        await _reading(self.store.ping)
+        await self._reading(self.store.ping)
 
     async def ready(self) -> None:
         """Raise DatabaseUnavailable unless the store answers and needs no migration."""
-        pending = await _reading(self.store.pending_migrations)
+        pending = await self._reading(self.store.pending_migrations)
         if pending:
             raise DatabaseUnavailable(
                 f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`",
                 headers={"Retry-After": "5"},
             )
+
+    async def _reading(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except StoreError as e:
+            self.metrics.store_errors.labels("read").inc()
+            raise DatabaseUnavailable(str(e), headers={"Retry-After": "1"}) from e
 
 
 class LiveEvents:
@@ -291,10 +327,3 @@ def _fingerprint(items: list[Any]) -> str:
     """What a library batch asks for, for its idempotency key (events in their wire form)."""
     wire = [wire_form(e) if isinstance(e, Envelope) else e for e in items]
     return hashlib.sha256(b"library\n" + dumps(wire)).hexdigest()
-
-
-async def _reading(call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except StoreError as e:
-        raise DatabaseUnavailable(str(e), headers={"Retry-After": "1"}) from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -13,6 +14,7 @@ from aiohttp import web
 log = logging.getLogger("eventlog")
 
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_CODE = web.ResponseKey("problem_code", str)
 
 
 @attrs.frozen
@@ -89,12 +91,14 @@ def problem_response(problem: Problem) -> web.Response:
     headers = dict(problem.headers)
     if problem.status == 503:
         headers.setdefault("Retry-After", "1")
-    return web.Response(
+    response = web.Response(
         body=orjson.dumps(problem.to_dict()),
         status=problem.status,
         content_type=PROBLEM_JSON,
         headers=headers,
     )
+    response[PROBLEM_CODE] = problem.code  # for the metrics
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> Problem:
@@ -114,7 +118,7 @@ def _from_http_exception(exc: web.HTTPException) -> Problem:
 
 
 def bearer_auth_middleware(
-    write_tokens: list[str], read_tokens: list[str], open_paths: list[str]
+    write_tokens: list[str], read_tokens: list[str], is_open: Callable[[web.Request], bool]
 ) -> Any:
     """Require a bearer token: a write token for POST, a read or write token for the rest."""
     writers = [t.encode() for t in write_tokens]
@@ -126,7 +130,7 @@ def bearer_auth_middleware(
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in open_paths:
+        if is_open(request):
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:

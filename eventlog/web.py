@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,10 @@ from .config import Settings
 from .envelope import Event
 from .ingest import Idempotency
 from .log import EventLog
+from .logs import REQUEST_ID, REQUEST_ID_KEY, request_id
+from .metrics import CONTENT_TYPE
 from .problems import (
+    PROBLEM_CODE,
     BodyTooLarge,
     FieldError,
     InvalidParameter,
@@ -56,10 +60,17 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     runs its startup and cleanup with the parent's. An ``event_log`` the caller already started
     is shared, not started or closed here; one not yet started is run with the app.
     """
-    middlewares = [problem_middleware]
+    middlewares = [observe_middleware, problem_middleware]
+    # Open routes are known by their resource, not their path: mounted under a prefix, the
+    # paths change but the resources stay the same objects.
+    open_resources: set[web.AbstractResource] = set()
     if settings.auth_enabled:
         middlewares.append(
-            bearer_auth_middleware(settings.write_tokens, settings.read_tokens, settings.open_paths)
+            bearer_auth_middleware(
+                settings.write_tokens,
+                settings.read_tokens,
+                lambda request: request.match_info.route.resource in open_resources,
+            )
         )
     # aiohttp's own cap is the larger limit; each route enforces its own (read_body).
     app = web.Application(
@@ -99,7 +110,45 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/api/executions/{execution_id}/events/stream", stream_execution_events)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.on_response_prepare.append(_request_id_header)
+    open_resources.update(r for r in app.router.resources() if r.canonical in settings.open_paths)
     return app
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Give the request its id (X-Request-ID, sent back on the reply and on every log line it
+    causes), and count and time it for the metrics."""
+    rid = request_id(request.headers.get("X-Request-ID"))
+    request[REQUEST_ID_KEY] = rid
+    token = REQUEST_ID.set(rid)
+    started = time.perf_counter()
+    response = None
+    try:
+        response = await handler(request)
+        return response
+    finally:
+        REQUEST_ID.reset(token)
+        if EVENT_LOG in request.app:
+            _count(request, response, time.perf_counter() - started)
+
+
+def _count(request: web.Request, response: web.StreamResponse | None, seconds: float) -> None:
+    metrics = request.app[EVENT_LOG].metrics
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.request(route, request.method, seconds)
+    if response is None:
+        return  # the client went away, or the server is stopping
+    code = response.get(PROBLEM_CODE)
+    if code is not None:
+        metrics.rejections.labels(code).inc()
+
+
+async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    if REQUEST_ID_KEY in request:
+        response.headers["X-Request-ID"] = request[REQUEST_ID_KEY]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -380,6 +429,12 @@ def _final(kind: str, reason: str, resume_after: int) -> bytes:
 async def health(request: web.Request) -> web.Response:
     """Liveness: 200 while the process serves requests (the store is not consulted)."""
     return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this event log's metrics."""
+    body = request.app[EVENT_LOG].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def ready(request: web.Request) -> web.Response:
