@@ -5,11 +5,12 @@
         batch = await client.emit_batch([{...}, {...}])
         async for event in client.events(execution_id=7):  # every stored event, page by page
             ...
-        async for event in client.tail(after=0):  # the live stream, forever
+        async for event in client.tail(after=0):  # all stored events, then live ones
             ...
 
-The client owns its aiohttp session unless one is passed (it is then left open); requests
-carry `Authorization: Bearer <token>` when a token is given.
+The client owns its aiohttp session unless one is passed (it is then left open, and must not
+set raise_for_status); requests carry `Authorization: Bearer <token>` when a token is given.
+`emit` takes a dict in any producer dialect (CONTRACT §1) or an `eventlog.envelope.Envelope`.
 
 Ids. An envelope without an `event_id` (absent or null; the contract gives the field no alias)
 gets one minted here, before the first attempt, so every retry of the call carries the same id
@@ -24,14 +25,15 @@ What does not: two processes (or a process and the server, whose own node id min
 envelopes sent without one) that share a node id, random or configured, can mint the same id
 in the same millisecond; with random node ids that is a 1-in-1024 chance for each pair of
 producers, and it matters only if they write the same execution in the same millisecond. A
-clash with other content is a 409 (`ConflictError`), never a silent overwrite; a clash with
-equal content (possible only when both left `created_at` to the server) is reported as a
-duplicate and the second event is not stored. Producers that write one execution from several
+clash with other content is a 409 (`ConflictError`), never a silent overwrite; a clash of two
+identical events (same fields, `created_at` left to the server or equal) is reported as a
+duplicate and the second is not stored. Producers that write one execution from several
 processes at high rates should be given distinct `node_id`s.
 
-Retries. A connection error (refused, reset, a server that hangs up before replying), a
-timeout of one attempt (`timeout` seconds) or a 503 is retried, at most `max_attempts`
-attempts in all and never past `deadline` seconds from the call: the wait before attempt n+1
+Retries (defaults: timeout 10 s per attempt, max_attempts 8, backoff 0.1 s, max_backoff 5 s,
+deadline 30 s). A connection error (refused, reset, a server that hangs up before replying), a
+timeout of one attempt or a 503 is retried, at most `max_attempts` attempts in all and never
+past `deadline` seconds from the call: the wait before attempt n+1
 is `backoff * 2**(n-1)` (at most `max_backoff`), jittered down to half of that, or, on a 503
 with `Retry-After`, that many seconds plus up to `backoff` of jitter (a Retry-After that would
 overrun the deadline ends the call at once). Retrying a write is safe because its body, ids and
@@ -51,8 +53,9 @@ other filters, `/api/executions/{id}/events`, following `next_cursor` until the 
 the connection drops, the stream ends or the server cuts it off (`event: cutoff`), reconnects
 with `Last-Event-ID` so it continues with no gap and no repeat. Heartbeat comments are skipped.
 Without `after`, the stream starts from the log's head read at the call (so even a drop before
-the first event loses nothing). Reconnection gives up after `max_attempts` failed connections
-in a row, unless `forever=True`.
+the first event loses nothing). `idle_timeout` (60 s) without a byte, not even a heartbeat,
+counts as a drop. Reconnection gives up after `max_attempts` failed connections in a row
+(raising `UnavailableError`), unless `forever=True`; 4xx replies raise at once.
 """
 
 from __future__ import annotations
