@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
 from typing import IO, Any
 
-import aiohttp
-import attrs
 import orjson
 
-from .codec import converter, loads, structure_batch
+from .client import EventLogClient, EventLogError, Message, read_sse
+from .codec import converter, dumps, loads, structure_batch
 from .config import Settings
 from .log import EventLog
 from .problems import Problem
@@ -20,40 +17,13 @@ from .storage.base import Page, open_store
 
 log = logging.getLogger("eventlog")
 
+# Message and read_sse live in the client (one SSE reader); the HTTP tests read streams with them.
+__all__ = ["Message", "export", "import_file", "read_sse", "tail"]
+
 CHUNK = 1000
 
 
 # --- tail ---------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Message:
-    """One Server-Sent Events message."""
-
-    id: str | None
-    event: str
-    data: str
-
-
-async def read_sse(content: aiohttp.StreamReader) -> AsyncIterator[Message]:
-    """Messages from an event stream; comment lines (heartbeats) are skipped."""
-    fields: dict[str, list[str]] = {}
-    async for raw in content:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if "data" in fields or "event" in fields:
-                ids = fields.get("id")
-                yield Message(
-                    ids[-1] if ids else None,
-                    fields.get("event", ["message"])[-1],
-                    "\n".join(fields.get("data", [])),
-                )
-            fields = {}
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        fields.setdefault(name, []).append(value.removeprefix(" "))
 
 
 async def tail(
@@ -63,47 +33,19 @@ async def tail(
     filters: dict[str, str],
     after: int | None,
     out: IO[str],
-    retry_delay: float = 1.0,
-    max_reconnects: int | None = None,
 ) -> int:
-    """Print the live stream as JSON lines, resuming after a dropped connection."""
-    base = url.rstrip("/")
-    path = (
-        f"{base}/api/executions/{execution_id}/events/stream"
-        if execution_id is not None
-        else f"{base}/api/events/stream"
-    )
-    last = after
-    reconnects = 0
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    # Lines as long as the largest event the service accepts (a line per SSE data field).
-    async with aiohttp.ClientSession(timeout=timeout, read_bufsize=16 * 2**20) as session:
-        while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
-            try:
-                async with session.get(path, params=filters, headers=headers) as response:
-                    if 400 <= response.status < 500:
-                        print(
-                            f"eventlog: {response.status}: {await response.text()}", file=sys.stderr
-                        )
-                        return 1
-                    if response.status == 200:
-                        async for message in read_sse(response.content):
-                            if message.event == "cutoff":
-                                log.warning("the server cut the stream off; resuming")
-                            elif message.data:
-                                out.write(message.data + "\n")
-                                out.flush()
-                            if message.id is not None:
-                                last = int(message.id)
-            except (aiohttp.ClientError, ConnectionError, TimeoutError, ValueError) as e:
-                log.warning("stream lost (%s); resuming after seq %s", e, last)
-            reconnects += 1
-            if max_reconnects is not None and reconnects > max_reconnects:
-                return 0
-            await asyncio.sleep(retry_delay)
+    """Print the live stream as JSON lines, resuming after every dropped connection."""
+    async with EventLogClient(url) as client:
+        try:
+            async for event in client.tail(after, execution_id, forever=True, **filters):
+                out.write(dumps(event).decode() + "\n")
+                out.flush()
+        except EventLogError as e:
+            print(f"eventlog: {e}", file=sys.stderr)
+            for error in e.errors:
+                print(f"  {error.path}: {error.message}", file=sys.stderr)
+            return 1
+    return 0
 
 
 # --- export / import ----------------------------------------------------------------------
