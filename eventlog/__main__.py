@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", default="http://127.0.0.1:8080", help="the service's base URL")
     tail.add_argument("--execution-id", type=int, help="one execution only")
     tail.add_argument("--after", type=int, help="start after this seq (default: from now)")
+    tail.add_argument(
+        "--token",
+        default=os.environ.get("EVENTLOG_TOKEN"),
+        help="bearer token, when the service requires one (or EVENTLOG_TOKEN)",
+    )
     for name in ("event-type", "step", "status", "worker-id"):
         tail.add_argument(f"--{name}", help=f"only events with this {name.replace('-', '_')}")
 
@@ -174,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     filters=filters,
                     after=args.after,
                     out=sys.stdout,
+                    token=args.token,
                 )
             )
         except KeyboardInterrupt:

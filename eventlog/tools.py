@@ -33,9 +33,10 @@ async def tail(
     filters: dict[str, str],
     after: int | None,
     out: IO[str],
+    token: str | None = None,
 ) -> int:
     """Print the live stream as JSON lines, resuming after every dropped connection."""
-    async with EventLogClient(url) as client:
+    async with EventLogClient(url, token=token) as client:
         try:
             async for event in client.tail(after, execution_id, forever=True, **filters):
                 out.write(dumps(event).decode() + "\n")

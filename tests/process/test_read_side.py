@@ -232,3 +232,45 @@ def test_sigterm_with_open_streams_exits_promptly(dsn, start_server):
     assert server.terminate() == 0
     assert time.monotonic() - started < 5
     stream.close()
+
+
+async def test_tail_sends_its_token_and_says_why_when_it_has_none(start_server, tmp_path):
+    """With tokens required, `eventlog tail` reads with EVENTLOG_TOKEN; without one it exits 1
+    naming the 401 instead of retrying for ever."""
+    import subprocess
+    import sys
+
+    from .conftest import clean_env
+
+    server = start_server(
+        f"sqlite:///{tmp_path}/events.db",
+        env={"EVENTLOG_READ_TOKENS": "r-tok", "EVENTLOG_WRITE_TOKENS": "w-tok"},
+    )
+    command = [sys.executable, "-m", "eventlog", "tail", "--url", server.url, "--after", "0"]
+    refused = subprocess.run(
+        command, capture_output=True, text=True, env=clean_env(), timeout=30, check=False
+    )
+    assert refused.returncode == 1 and "unauthorized" in refused.stderr.lower()
+    out_path = tmp_path / "tail.out"
+    with open(out_path, "wb") as out:
+        tail = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            env=clean_env({"EVENTLOG_TOKEN": "r-tok"}),
+        )
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"execution_id": 3, "event_id": 9, "name": "step.enter", "step": "s"}
+            reply = await session.post(
+                f"{server.url}/api/events", json=body, headers={"Authorization": "Bearer w-tok"}
+            )
+            assert reply.status == 200
+        async with asyncio.timeout(20):
+            while not out_path.read_text():
+                assert tail.poll() is None, "tail exited"
+                await asyncio.sleep(0.05)
+        assert json.loads(out_path.read_text().splitlines()[0])["event_id"] == "9"
+    finally:
+        tail.kill()
+        tail.wait()
