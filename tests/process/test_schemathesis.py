@@ -104,11 +104,13 @@ def test_schemathesis_finds_no_server_error_and_no_reply_outside_the_document(
     cases = report["test_cases"]
     print(
         f"schemathesis on {backend}: {cases['generated']} cases, "
-        f"{report['operations']['tested']} operations, {elapsed:.1f} s"
+        f"{report['operations']['tested']} operations, {elapsed:.1f} s; phases "
+        + ", ".join(f"{name} {phase['status']}" for name, phase in report["phases"].items())
     )
     assert report["failures"] == [] and report["errors"] == [], output
     assert done.returncode == 0, output
     assert report["complete"] and report["stop_reason"] == "completed", output
+    assert {p["status"] for p in report["phases"].values()} == {"success"}, report["phases"]
     # Everything but the two streams and this document was exercised, and not vacuously.
     assert report["operations"]["tested"] == report["operations"]["selected"] >= 9, output
     assert cases["generated"] >= 500 and cases["with_failures"] == 0, output
