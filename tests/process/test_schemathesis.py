@@ -79,7 +79,7 @@ def run_schemathesis(url: str, report: Path) -> tuple[subprocess.CompletedProces
     }
     done = subprocess.run(
         command,
-        cwd=REPO,
+        cwd=report.parent,  # schemathesis keeps a cache directory in its working directory
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
