@@ -58,12 +58,19 @@ class Problem(Exception):
         return doc
 
 
+# Every problem the service can reply with, by code (the OpenAPI document lists them all).
+PROBLEMS: dict[str, type[Problem]] = {}
+
+
 def _problem(status: int, code: str, title: str) -> type[Problem]:
-    return type(
+    if code in PROBLEMS:
+        raise ValueError(f"problem code {code!r} is defined twice")
+    PROBLEMS[code] = type(
         "".join(w.title() for w in code.split("_")),
         (Problem,),
         {"status": status, "code": code, "title": title, "__doc__": title + "."},
     )
+    return PROBLEMS[code]
 
 
 InvalidJson = _problem(400, "invalid_json", "The body is not valid JSON")

@@ -105,6 +105,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/api/events/stream", stream_events)  # before /api/events/{event_id}
     app.router.add_get("/api/events/{event_id}", get_event)
     app.router.add_get("/api/executions", get_executions)
+    app.router.add_get("/api/openapi.json", openapi_document)
     app.router.add_get("/api/executions/{execution_id}", get_execution)
     app.router.add_get("/api/executions/{execution_id}/events", get_execution_events)
     app.router.add_get("/api/executions/{execution_id}/events/stream", stream_execution_events)
@@ -356,6 +357,13 @@ async def get_execution(request: web.Request) -> web.Response:
     return json_response(
         converter.unstructure(await request.app[EVENT_LOG].execution(execution_id))
     )
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this app's routes (built by eventlog.openapi)."""
+    from .openapi import document  # late: eventlog.openapi reads this module's limits
+
+    return json_response(document(request.app))
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
