@@ -404,8 +404,10 @@ def _components() -> dict[str, Any]:
     }
     headers = {
         "RequestId": {
-            "description": "the request's id: the client's X-Request-ID, or one made up",
-            "schema": {"type": "string"},
+            "description": "the request's id: the client's X-Request-ID when it is 1-128 "
+            "visible ASCII characters, or a new one",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$"},
         },
         "RetryAfter": {
             "description": "seconds to wait before retrying",
