@@ -97,12 +97,13 @@ async def _serve(settings: Settings) -> int:
             response.headers["Connection"] = "close"
 
     app.on_response_prepare.append(close_after_reply)
-    # The drain comes out of the shutdown budget; what is left bounds the in-flight handlers.
+    # The drain comes out of the shutdown budget; what is left bounds the in-flight handlers
+    # (never 0, which aiohttp reads as "wait for ever").
     drain = min(DRAIN_S, settings.shutdown_timeout / 2)
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        shutdown_timeout=settings.shutdown_timeout - drain,
+        shutdown_timeout=max(settings.shutdown_timeout - drain, 0.001),
         **({} if settings.access_log else {"access_log": None}),
     )
     try:
@@ -135,8 +136,9 @@ async def _serve(settings: Settings) -> int:
     # Stop accepting first; no await comes between this and the flag above, so every reply
     # that says `Connection: close` leaves a client that can only be refused, never reset.
     await site.stop()
+    log.info("shutting down: no longer accepting connections")
     idle = await _drain(runner, app[STREAMS], drain)
-    log.info("shutting down: no longer accepting; closing %d idle connection(s)", idle)
+    log.info("drained; closing %d connection(s) left open besides streams", idle)
     # aiohttp from here: end the streams (each with its final message), wait for the handlers
     # still running, close the connections, then close the log (writer flushed, then store).
     await runner.cleanup()
