@@ -92,12 +92,26 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
-    from .web import create_app
+    from .web import STREAMS, create_app
 
+    app = create_app(settings)
+    draining = False
+
+    async def close_after_reply(request: web.Request, response: web.StreamResponse) -> None:
+        # A client told `Connection: close` sends its next request elsewhere, rather than onto
+        # a connection the server is about to drop.
+        if draining:
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    app.on_response_prepare.append(close_after_reply)
+    # The drain comes out of the shutdown budget; what is left bounds the in-flight handlers
+    # (never 0, which aiohttp reads as "wait for ever").
+    drain = min(DRAIN_S, settings.shutdown_timeout / 2)
     runner = web.AppRunner(
-        create_app(settings),
+        app,
         handle_signals=False,
-        shutdown_timeout=settings.shutdown_timeout,
+        shutdown_timeout=max(settings.shutdown_timeout - drain, 0.001),
         **(
             {"access_log_class": logs.AccessLogger} if settings.access_log else {"access_log": None}
         ),
@@ -127,10 +141,39 @@ async def _serve(settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    started = loop.time()
+    draining = True
+    # Stop accepting first; no await comes between this and the flag above, so every reply
+    # that says `Connection: close` leaves a client that can only be refused, never reset.
+    await site.stop()
+    log.info("shutting down: no longer accepting connections")
+    idle = await _drain(runner, app[STREAMS], drain)
+    log.info("drained; closing %d connection(s) left open besides streams", idle)
+    # aiohttp from here: end the streams (each with its final message), wait for the handlers
+    # still running, close the connections, then close the log (writer flushed, then store).
     await runner.cleanup()
-    log.info("stopped")
+    log.info("stopped after %.2f s", loop.time() - started)
     return 0
+
+
+DRAIN_S = 1.0  # the longest shutdown waits for open connections to finish their exchange
+
+
+async def _drain(runner: web.AppRunner, streams: set[Any], seconds: float) -> int:
+    """Serve what arrives on open connections until only streams remain or ``seconds`` pass;
+    return how many other connections are still open (idle ones, to be closed)."""
+    # aiohttp's own shutdown stops reading every connection at once: a request written onto
+    # an idle keep-alive connection at that moment would go unanswered. Here each connection
+    # that sends one more request gets its answer, with `Connection: close`, and is closed by
+    # the server after it; only connections idle for the whole drain are closed unasked.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        open_now = len(runner.server.connections) if runner.server else 0
+        others = max(open_now - len(streams), 0)
+        if others == 0 or loop.time() >= deadline:
+            return others
+        await asyncio.sleep(0.01)
 
 
 async def _migrate(settings: Settings) -> int:

@@ -90,17 +90,19 @@ class AccessLogger(AbstractAccessLogger):
             "status": response.status,
             "bytes": response.body_length,
             "duration_ms": round(time * 1000, 2),
+            "user_agent": request.headers.get("User-Agent"),
         }
         token = REQUEST_ID.set(request.get(REQUEST_ID_KEY))
         try:
             self.logger.info(
-                '%s "%s %s" %d %dB %.1fms',
+                '%s "%s %s" %d %dB %.1fms "%s"',
                 request.remote,
                 request.method,
                 request.path_qs,
                 response.status,
                 response.body_length,
                 time * 1000,
+                fields["user_agent"] or "-",
                 extra=fields,
             )
         finally:
