@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 from .codec import structure_envelope
 from .config import Settings
 from .envelope import Envelope, Event
-from .ids import SnowflakeGenerator
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
+from .nodes import NodeIds
 from .problems import DatabaseUnavailable, NotFound
 from .storage.base import EventStore, Execution, Page, StoreError, open_store
 from .stream import Filter, Hub, Subscription
@@ -33,7 +33,7 @@ class EventLog:
     def __init__(self, settings: Settings, *, store: EventStore | None = None) -> None:
         self.settings = settings
         self.store = store or open_store(settings.dsn, **settings.store_options())
-        self.ids = SnowflakeGenerator(settings.node_id)
+        self.ids = NodeIds(self.store, settings.node_id, lease=settings.node_lease)
         self.hub = Hub(
             self.store,
             poll_interval=settings.stream_poll_interval,
@@ -58,8 +58,10 @@ class EventLog:
                 raise SchemaNotCurrent(
                     f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`"
                 )
+            await self.ids.claim()
             await self.hub.start()
         except BaseException:
+            await self.ids.release()
             await self.store.close()
             raise
         self.writer.on_commit = self.hub.notify
@@ -74,7 +76,13 @@ class EventLog:
             try:
                 await self.hub.stop()
             finally:
+                await self.ids.release()  # never raises
                 await self.store.close()
+
+    @property
+    def node_id(self) -> int | None:
+        """The snowflake node id this log mints ids under (claimed at start)."""
+        return self.ids.node_id
 
     async def __aenter__(self) -> EventLog:
         await self.start()
