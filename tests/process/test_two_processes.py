@@ -126,7 +126,9 @@ async def test_serve_and_embedded_writers_on_one_sqlite_file_store_each_ack_once
 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        rows = conn.execute("SELECT seq, execution_id, event_id FROM events ORDER BY seq").fetchall()
+        rows = conn.execute(
+            "SELECT seq, execution_id, event_id FROM events ORDER BY seq"
+        ).fetchall()
         live_claims = conn.execute(
             "SELECT node_id FROM node_claims WHERE token IS NOT NULL"
         ).fetchall()

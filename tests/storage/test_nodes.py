@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from eventlog import nodes
-from eventlog.config import Settings
+from eventlog.config import ConfigError, Settings, load_settings
 from eventlog.ids import decode
 from eventlog.log import EventLog
 from eventlog.nodes import NodeIds
@@ -294,3 +294,29 @@ async def test_a_holder_stops_minting_at_its_lease_end_even_if_its_clock_stepped
             ids.next_id()
     finally:
         await ids.release()
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "expected"),
+    [
+        ("", {}, None),
+        ('node_id = "auto"\n', {}, None),
+        ("node_id = 7\n", {}, 7),
+        ("node_id = 7\n", {"EVENTLOG_NODE_ID": "auto"}, None),
+        ("", {"EVENTLOG_NODE_ID": "12"}, 12),
+    ],
+)
+def test_node_id_setting_is_auto_by_default_or_a_number(tmp_path, file, env, expected):
+    """node_id reads "auto" (None) or a number, from the file or the environment."""
+    path = tmp_path / "eventlog.toml"
+    path.write_text(file)
+    assert load_settings(str(path), env=env).node_id == expected
+
+
+@pytest.mark.parametrize("text", ['node_id = "seven"\n', "node_id = 1024\n", "node_id = true\n"])
+def test_a_bad_node_id_setting_is_a_config_error_naming_it(tmp_path, text):
+    """Anything but "auto" or 0..1023 stops the program with a message naming node_id."""
+    path = tmp_path / "eventlog.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="node_id"):
+        load_settings(str(path), env={})
