@@ -34,6 +34,11 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _ms(snowflake: int) -> int:
+    """The Unix ms a snowflake id carries."""
+    return (snowflake >> TIMESTAMP_SHIFT) + EPOCH_MS
+
+
 class NodeIds:
     """Mints snowflake ids under a node id claimed in the store; a stand-in for
     SnowflakeGenerator (``next_id``, ``next_ids``, ``node_id``) that refuses to mint, with a
@@ -61,7 +66,8 @@ class NodeIds:
         self._generator: SnowflakeGenerator | None = None
         self._deadline = 0.0  # time.monotonic() past which no id may be minted
         self._ceiling_ms = 0  # no id later than this (Unix ms) may be minted
-        self._last_ms = 0  # the latest Unix ms of an id minted under the current claim
+        self._ceiling_id = 0  # the least id past the ceiling
+        self._last_id = 0  # the latest id minted under the current claim
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -72,17 +78,19 @@ class NodeIds:
 
     def next_id(self) -> int:
         """The next id; DatabaseUnavailable (503) while no live claim is held."""
-        generator = self._usable()
-        new = generator.next_id()
-        self._check(new)
+        new = self._usable().next_id()
+        self._last_id = new
+        if new >= self._ceiling_id:
+            self._past_ceiling()
         return new
 
     def next_ids(self, n: int) -> list[int]:
         """``n`` strictly increasing ids, or DatabaseUnavailable as for next_id."""
-        generator = self._usable()
-        new = generator.next_ids(n)
+        new = self._usable().next_ids(n)
         if new:
-            self._check(new[-1])
+            self._last_id = new[-1]
+            if new[-1] >= self._ceiling_id:
+                self._past_ceiling()
         return new
 
     def _usable(self) -> SnowflakeGenerator:
@@ -94,17 +102,14 @@ class NodeIds:
             )
         return self._generator
 
-    def _check(self, newest: int) -> None:
-        ms = (newest >> TIMESTAMP_SHIFT) + EPOCH_MS
-        self._last_ms = max(self._last_ms, ms)
-        if ms > self._ceiling_ms:
-            # The wall clock jumped ahead since the last renewal: the next holder's floor does
-            # not cover this id, so it is dropped. A renewal now raises the ceiling.
-            self._wake.set()
-            raise DatabaseUnavailable(
-                "the clock moved past this instance's id ceiling; renewing its node id claim",
-                headers={"Retry-After": "1"},
-            )
+    def _past_ceiling(self) -> None:
+        # The wall clock jumped ahead since the last renewal: the next holder's floor would not
+        # cover this id, so it is dropped. The renewal this wakes raises the ceiling.
+        self._wake.set()
+        raise DatabaseUnavailable(
+            "the clock moved past this instance's id ceiling; renewing its node id claim",
+            headers={"Retry-After": "1"},
+        )
 
     async def claim(self) -> int:
         """Claim a node id and start renewing it; NodeIdUnavailable (naming the holder) when
@@ -118,11 +123,16 @@ class NodeIds:
     async def _claim(self) -> None:
         started = time.monotonic()
         claim = await self._store.claim_node(self.holder, self._wanted, self._lease, _wall_ms())
-        behind_ms = claim.floor_ms + 1 - _wall_ms()
-        if behind_ms > 0:
+        give_up = started + self._renew_every  # the first renewal is due by then
+        while True:
+            generator = SnowflakeGenerator(claim.node_id, lambda: _wall_ms())
+            first = generator.next_id()
+            behind_ms = claim.floor_ms + 1 - _ms(first)
+            if behind_ms <= 0:
+                break
             # The previous holder's clock ran ahead of ours: wait until ours passes the ids it
-            # may have minted, unless that would take longer than a lease.
-            if behind_ms > self._lease_ms:
+            # may have minted, unless that would take longer than a third of a lease.
+            if time.monotonic() + behind_ms / 1000 > give_up:
                 await self._store.release_node(self.holder, claim.node_id, claim.floor_ms)
                 raise NodeIdUnavailable(
                     f"ids under node id {claim.node_id} were minted up to {behind_ms} ms ahead "
@@ -134,16 +144,12 @@ class NodeIds:
                 behind_ms,
             )
             await asyncio.sleep(behind_ms / 1000)
-        floor = claim.floor_ms
-
-        def clock() -> int:
-            # Never below the floor, even if the wall clock steps back after the wait.
-            return max(_wall_ms(), floor + 1)
-
-        self._generator = SnowflakeGenerator(claim.node_id, clock)
-        self._last_ms = floor
-        self._ceiling_ms = claim.ceiling_ms
+        # The first id past the floor is thrown away: it keeps every later one past the floor
+        # (a generator never goes back), even if the wall clock steps back from now on.
+        self._last_id = first
+        self._set_ceiling(claim.ceiling_ms)
         self._deadline = started + self._lease
+        self._generator = generator
         log.info("claimed node id %d (%s)", claim.node_id, self.holder)
 
     async def _renew_forever(self) -> None:
@@ -172,7 +178,7 @@ class NodeIds:
             return True
         node_id = self._generator.node_id
         started = time.monotonic()
-        ceiling = max(_wall_ms(), self._last_ms) + self._lease_ms
+        ceiling = max(_wall_ms(), _ms(self._last_id)) + self._lease_ms
         try:
             async with asyncio.timeout(self._renew_every):
                 await self._store.renew_node(self.holder, node_id, self._lease, ceiling)
@@ -200,8 +206,12 @@ class NodeIds:
             )
             return False
         self._deadline = started + self._lease
-        self._ceiling_ms = max(self._ceiling_ms, ceiling)
+        self._set_ceiling(max(self._ceiling_ms, ceiling))
         return True
+
+    def _set_ceiling(self, ceiling_ms: int) -> None:
+        self._ceiling_ms = ceiling_ms
+        self._ceiling_id = (ceiling_ms + 1 - EPOCH_MS) << TIMESTAMP_SHIFT
 
     async def release(self) -> None:
         """Stop renewing and free the node id for the next instance; never raises."""
@@ -214,7 +224,7 @@ class NodeIds:
         if generator is None:
             return
         try:
-            await self._store.release_node(self.holder, generator.node_id, self._last_ms)
+            await self._store.release_node(self.holder, generator.node_id, _ms(self._last_id))
         except StoreError as e:
             log.warning(
                 "could not release node id %d (%s); it is free once its lease runs out",
