@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     _store_flags(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks one)")
-    serve.add_argument("--node-id", type=int, help="snowflake node id 0-1023, unique per instance")
+    serve.add_argument(
+        "--node-id", type=int, help="snowflake node id 0-1023 (default: claim a free one)"
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON")
 
@@ -92,7 +94,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
-    from .web import STREAMS, create_app
+    from .web import EVENT_LOG, STREAMS, create_app
 
     app = create_app(settings)
     draining = False
@@ -134,7 +136,7 @@ async def _serve(settings: Settings) -> int:
         host,
         port,
         describe_dsn(settings.dsn),
-        settings.node_id,
+        app[EVENT_LOG].node_id,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

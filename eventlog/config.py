@@ -44,7 +44,11 @@ class Settings:
     dsn: str = "sqlite:///var/eventlog.db"
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_between(0, 65535))
-    node_id: int = attrs.field(default=0, validator=_between(0, 1023))
+    # None is "auto": the lowest node id no live instance holds, claimed at start.
+    node_id: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_between(0, 1023))
+    )
+    node_lease: float = attrs.field(default=30.0, validator=_between(1, 3600))
     migrate_on_start: bool = True
     max_body_bytes: int = attrs.field(default=MIB, validator=_between(1024, 1024 * MIB))
     max_batch_body_bytes: int = attrs.field(default=16 * MIB, validator=_between(1024, 1024 * MIB))
@@ -115,11 +119,13 @@ def _from_env_text(name: str, text: str) -> Any:
             return int(text)
         if kind is float:
             return float(text)
+        if kind == int | None:  # node_id: a number or "auto"
+            return "auto" if text.strip() == "auto" else int(text)
         if kind == list[str]:
             return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}={text!r} is not a valid {kind.__name__}"
+            f"{ENV_PREFIX}{name.upper()}={text!r} is not a valid {getattr(kind, '__name__', 'int')}"
         ) from None
     return text
 
@@ -151,6 +157,8 @@ def load_settings(
         if text is not None:
             data[name] = _from_env_text(name, text)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if data.get("node_id") == "auto":
+        data["node_id"] = None
     try:
         settings = converter.structure(data, Settings)
     except ClassValidationError as exc:

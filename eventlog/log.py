@@ -12,9 +12,9 @@ import attrs
 from .codec import dumps, redact, structure_python, wire_form
 from .config import Settings, make_settings
 from .envelope import Envelope, Event
-from .ids import SnowflakeGenerator
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
+from .nodes import NodeIds
 from .problems import DatabaseUnavailable, NotFound
 from .storage.base import EventStore, Execution, Page, StoreError, open_store
 from .stream import CutOff, Filter, Hub, Subscription
@@ -45,7 +45,7 @@ class EventLog:
     def __init__(self, settings: Settings, *, store: EventStore | None = None) -> None:
         self.settings = settings
         self.store = store or open_store(settings.dsn, **settings.store_options())
-        self.ids = SnowflakeGenerator(settings.node_id)
+        self.ids = NodeIds(self.store, settings.node_id, lease=settings.node_lease)
         self.hub = Hub(
             self.store,
             poll_interval=settings.stream_poll_interval,
@@ -79,8 +79,10 @@ class EventLog:
                 raise SchemaNotCurrent(
                     f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`"
                 )
+            await self.ids.claim()
             await self.hub.start()
         except BaseException:
+            await self.ids.release()
             await self.store.close()
             raise
         self.writer.on_commit = self.hub.notify
@@ -97,7 +99,13 @@ class EventLog:
             try:
                 await self.hub.stop()
             finally:
+                await self.ids.release()  # never raises
                 await self.store.close()
+
+    @property
+    def node_id(self) -> int | None:
+        """The snowflake node id this log mints ids under (claimed at start)."""
+        return self.ids.node_id
 
     async def __aenter__(self) -> EventLog:
         await self.start()
@@ -264,6 +272,11 @@ class EventLog:
     async def ready(self) -> None:
         """Raise DatabaseUnavailable unless the store answers and needs no migration."""
         pending = await self._reading(self.store.pending_migrations)
+        if not self.ids.live:
+            raise DatabaseUnavailable(
+                "this instance holds no live claim on a node id (see the log)",
+                headers={"Retry-After": "1"},
+            )
         if pending:
             raise DatabaseUnavailable(
                 f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`",

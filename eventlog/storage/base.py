@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import abc
+import os
+import secrets
+import socket
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, ClassVar
 
@@ -12,6 +15,7 @@ import attrs
 import orjson
 
 from ..envelope import Event, NewEvent
+from ..ids import NODE_ID_MAX
 
 Key = tuple[int, int]  # (execution_id, event_id)
 
@@ -191,6 +195,111 @@ class WritePlan:
 Decide = Callable[[dict[Key, Event], dict[str, IdempotencyRecord]], WritePlan]
 
 
+class NodeIdUnavailable(Exception):
+    """No node id can be claimed: the one asked for is held by a live instance, or every one is."""
+
+
+class NodeClaimLost(Exception):
+    """The claim being renewed is gone: its lease ran out and another instance took the node id."""
+
+
+@attrs.frozen
+class NodeHolder:
+    """One running instance: its host, its process id and a random token of its own."""
+
+    host: str
+    pid: int
+    token: str
+
+    @classmethod
+    def this_process(cls) -> NodeHolder:
+        """A holder for this process, with a fresh token (two logs in one process differ)."""
+        return cls(socket.gethostname(), os.getpid(), secrets.token_hex(8))
+
+    def __str__(self) -> str:
+        return f"host {self.host} pid {self.pid}"
+
+
+@attrs.frozen
+class NodeClaim:
+    """A row of the claims table as the choice of a node id sees it."""
+
+    node_id: int
+    holder: NodeHolder | None  # None once released
+    claimed_at: datetime | None
+    expires_at: datetime | None
+    ceiling_ms: int  # Unix ms: no id minted under this node id, or mintable before expiry, is later
+
+
+@attrs.frozen
+class Claim:
+    """A node id now held: mint only ids later than ``floor_ms``, none later than ``ceiling_ms``
+    (Unix ms) unless a renewal raises it, and renew before ``expires_at``."""
+
+    node_id: int
+    floor_ms: int
+    ceiling_ms: int
+    expires_at: datetime
+
+
+def choose_node(
+    claims: Sequence[NodeClaim],
+    holder: NodeHolder,
+    wanted: int | None,
+    now: datetime,
+    wall_ms: int,
+) -> tuple[int, int]:
+    """The node id to take and its floor (the latest Unix ms minted under it before).
+
+    ``wanted``, if free; else the lowest free id, preferring one whose floor is already behind
+    ``wall_ms`` (the claimant's clock) so that it need not wait. A claim is free when released,
+    expired at ``now`` (the clock leases are judged by), or ``holder``'s own."""
+    rows = {c.node_id: c for c in claims}
+
+    def free(claim: NodeClaim | None) -> bool:
+        return (
+            claim is None
+            or claim.holder is None
+            or claim.holder.token == holder.token
+            or claim.expires_at is None
+            or claim.expires_at <= now
+        )
+
+    def floor(node_id: int) -> int:
+        claim = rows.get(node_id)
+        return 0 if claim is None else claim.ceiling_ms
+
+    if wanted is not None:
+        claim = rows.get(wanted)
+        if not free(claim):
+            assert claim is not None and claim.expires_at is not None
+            raise NodeIdUnavailable(
+                f"node id {wanted} is held by {claim.holder} (claimed {_iso(claim.claimed_at)}, "
+                f"lease until {_iso(claim.expires_at)}): stop that instance, or wait for its "
+                'lease to run out, or configure another node_id (or "auto")'
+            )
+        return wanted, floor(wanted)
+    candidates = [(floor(n) >= wall_ms, n) for n in range(NODE_ID_MAX + 1) if free(rows.get(n))]
+    if not candidates:
+        raise NodeIdUnavailable(f"all {NODE_ID_MAX + 1} node ids are held by live instances")
+    _, chosen = min(candidates)
+    return chosen, floor(chosen)
+
+
+def lost_claim_message(node_id: int, now_held: NodeClaim | None) -> str:
+    """Why a renewal failed: who holds the node id now, if anyone."""
+    if now_held is None or now_held.holder is None:
+        return f"the claim on node id {node_id} was released"
+    return (
+        f"node id {node_id} is now held by {now_held.holder} (claimed "
+        f"{_iso(now_held.claimed_at)}): this instance's lease ran out before it was renewed"
+    )
+
+
+def _iso(moment: datetime | None) -> str:
+    return "?" if moment is None else moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
 class EventStore(abc.ABC):
     """An append-only event log in one database.
 
@@ -271,6 +380,28 @@ class EventStore(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @abc.abstractmethod
+    async def claim_node(
+        self, holder: NodeHolder, node_id: int | None, lease: float, wall_ms: int
+    ) -> Claim:
+        """In one transaction, across every process on the database: take ``node_id`` (None:
+        the lowest free one, see choose_node) for ``holder`` for ``lease`` seconds, recording
+        the claimant's ceiling as max(``wall_ms``, floor + 1) plus the lease. Raises
+        NodeIdUnavailable, naming the holder, when the id is held by another live instance."""
+
+    @abc.abstractmethod
+    async def renew_node(
+        self, holder: NodeHolder, node_id: int, lease: float, ceiling_ms: int
+    ) -> datetime:
+        """Extend ``holder``'s claim by ``lease`` seconds from now (even past its expiry, if no
+        one took it meanwhile) and raise its ceiling to ``ceiling_ms``; returns the new expiry.
+        Raises NodeClaimLost when another instance holds the id, or it was released."""
+
+    @abc.abstractmethod
+    async def release_node(self, holder: NodeHolder, node_id: int, last_ms: int) -> None:
+        """Free ``holder``'s claim, leaving ``last_ms`` (the latest Unix ms of an id it minted)
+        as the floor of the next holder; nothing happens when the claim is no longer its own."""
 
 
 def open_store(dsn: str, **options: object) -> EventStore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -12,18 +12,24 @@ import orjson
 
 from ..envelope import Event, NewEvent
 from .base import (
+    Claim,
     Decide,
     EventStore,
     Execution,
     IdempotencyRecord,
     Key,
+    NodeClaim,
+    NodeClaimLost,
+    NodeHolder,
     Page,
     StoreError,
     StoreUnavailable,
     ValueNotStorable,
+    choose_node,
     event_from_row,
     execution_deltas,
     load_migrations,
+    lost_claim_message,
     pending,
 )
 
@@ -452,3 +458,81 @@ class PostgresStore(EventStore):
         with _translated():
             self._listener = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
             await self._listener.add_listener("eventlog", lambda *_: callback())
+
+    # --- node id claims (appended) ---------------------------------------------------------
+
+    async def claim_node(
+        self, holder: NodeHolder, node_id: int | None, lease: float, wall_ms: int
+    ) -> Claim:
+        with _translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                # Claimants take turns (the mode conflicts with itself, not with readers); a
+                # renewal's UPDATE waits for the claim's commit.
+                await conn.execute("LOCK TABLE node_claims IN SHARE ROW EXCLUSIVE MODE")
+                now = await conn.fetchval("SELECT clock_timestamp()")
+                rows = await conn.fetch(f"SELECT {_CLAIM_COLUMNS} FROM node_claims")
+                chosen, floor = choose_node(
+                    [_claim(r) for r in rows], holder, node_id, now, wall_ms
+                )
+                expires = now + timedelta(seconds=lease)
+                ceiling = max(wall_ms, floor + 1) + round(lease * 1000)
+                await conn.execute(
+                    "INSERT INTO node_claims (node_id, host, pid, token, claimed_at, renewed_at, "
+                    "expires_at, ceiling_ms) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) "
+                    "ON CONFLICT (node_id) DO UPDATE SET host = EXCLUDED.host, "
+                    "pid = EXCLUDED.pid, token = EXCLUDED.token, "
+                    "claimed_at = EXCLUDED.claimed_at, renewed_at = EXCLUDED.renewed_at, "
+                    "expires_at = EXCLUDED.expires_at, ceiling_ms = EXCLUDED.ceiling_ms",
+                    chosen,
+                    holder.host,
+                    holder.pid,
+                    holder.token,
+                    now,
+                    expires,
+                    ceiling,
+                )
+        return Claim(chosen, floor, ceiling, expires)
+
+    async def renew_node(
+        self, holder: NodeHolder, node_id: int, lease: float, ceiling_ms: int
+    ) -> datetime:
+        with _translated():
+            async with self.pool.acquire() as conn:
+                # The server's clock decides expiry, the same clock every claimant reads.
+                expires = await conn.fetchval(
+                    "UPDATE node_claims SET renewed_at = clock_timestamp(), "
+                    "expires_at = clock_timestamp() + make_interval(secs => $1), "
+                    "ceiling_ms = GREATEST(ceiling_ms, $2) "
+                    "WHERE node_id = $3 AND token = $4 RETURNING expires_at",
+                    lease,
+                    ceiling_ms,
+                    node_id,
+                    holder.token,
+                )
+                if expires is None:
+                    row = await conn.fetchrow(
+                        f"SELECT {_CLAIM_COLUMNS} FROM node_claims WHERE node_id = $1", node_id
+                    )
+                    raise NodeClaimLost(
+                        lost_claim_message(node_id, None if row is None else _claim(row))
+                    )
+        return expires
+
+    async def release_node(self, holder: NodeHolder, node_id: int, last_ms: int) -> None:
+        with _translated():
+            await self.pool.execute(
+                "UPDATE node_claims SET host = NULL, pid = NULL, token = NULL, "
+                "claimed_at = NULL, renewed_at = NULL, expires_at = NULL, ceiling_ms = $1 "
+                "WHERE node_id = $2 AND token = $3",
+                last_ms,
+                node_id,
+                holder.token,
+            )
+
+
+_CLAIM_COLUMNS = "node_id, host, pid, token, claimed_at, expires_at, ceiling_ms"
+
+
+def _claim(row: Sequence[Any]) -> NodeClaim:
+    holder = None if row[3] is None else NodeHolder(row[1], row[2], row[3])
+    return NodeClaim(row[0], holder, row[4], row[5], row[6])

@@ -17,17 +17,23 @@ import orjson
 
 from ..envelope import Event
 from .base import (
+    Claim,
     Decide,
     EventStore,
     Execution,
     IdempotencyRecord,
     Key,
+    NodeClaim,
+    NodeClaimLost,
+    NodeHolder,
     Page,
     StoreError,
     StoreUnavailable,
+    choose_node,
     event_from_row,
     execution_deltas,
     load_migrations,
+    lost_claim_message,
     pending,
 )
 
@@ -410,3 +416,89 @@ class SqliteStore(EventStore):
             )
             rows = await cursor.fetchall()
         return [_execution(r) for r in rows]
+
+    # --- node id claims (appended: whole transactions in the writer thread) --------------
+
+    def _claim_node_sync(
+        self, holder: NodeHolder, node_id: int | None, lease: float, wall_ms: int
+    ) -> Claim:
+        # Under BEGIN IMMEDIATE: a process that starts at the same moment waits its turn
+        # (busy_timeout), then sees this claim.
+        with self._immediate() as db:
+            now = datetime.now(UTC)
+            rows = db.execute(
+                "SELECT node_id, host, pid, token, claimed_at, expires_at, ceiling_ms "
+                "FROM node_claims"
+            ).fetchall()
+            chosen, floor = choose_node([_claim(r) for r in rows], holder, node_id, now, wall_ms)
+            expires = now + timedelta(seconds=lease)
+            ceiling = max(wall_ms, floor + 1) + round(lease * 1000)
+            db.execute(
+                "INSERT INTO node_claims VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+                "token = excluded.token, claimed_at = excluded.claimed_at, "
+                "renewed_at = excluded.renewed_at, expires_at = excluded.expires_at, "
+                "ceiling_ms = excluded.ceiling_ms",
+                (
+                    chosen,
+                    holder.host,
+                    holder.pid,
+                    holder.token,
+                    _micros(now),
+                    _micros(now),
+                    _micros(expires),
+                    ceiling,
+                ),
+            )
+        return Claim(chosen, floor, ceiling, expires)
+
+    async def claim_node(
+        self, holder: NodeHolder, node_id: int | None, lease: float, wall_ms: int
+    ) -> Claim:
+        return await self._in_writer(self._claim_node_sync, holder, node_id, lease, wall_ms)
+
+    def _renew_node_sync(
+        self, holder: NodeHolder, node_id: int, lease: float, ceiling_ms: int
+    ) -> datetime:
+        with self._immediate() as db:
+            now = datetime.now(UTC)
+            expires = now + timedelta(seconds=lease)
+            renewed = db.execute(
+                "UPDATE node_claims SET renewed_at = ?, expires_at = ?, "
+                "ceiling_ms = max(ceiling_ms, ?) WHERE node_id = ? AND token = ?",
+                (_micros(now), _micros(expires), ceiling_ms, node_id, holder.token),
+            ).rowcount
+            if not renewed:
+                row = db.execute(
+                    "SELECT node_id, host, pid, token, claimed_at, expires_at, ceiling_ms "
+                    "FROM node_claims WHERE node_id = ?",
+                    (node_id,),
+                ).fetchone()
+                raise NodeClaimLost(
+                    lost_claim_message(node_id, None if row is None else _claim(row))
+                )
+        return expires
+
+    async def renew_node(
+        self, holder: NodeHolder, node_id: int, lease: float, ceiling_ms: int
+    ) -> datetime:
+        return await self._in_writer(self._renew_node_sync, holder, node_id, lease, ceiling_ms)
+
+    def _release_node_sync(self, holder: NodeHolder, node_id: int, last_ms: int) -> None:
+        with self._immediate() as db:
+            db.execute(
+                "UPDATE node_claims SET host = NULL, pid = NULL, token = NULL, "
+                "claimed_at = NULL, renewed_at = NULL, expires_at = NULL, ceiling_ms = ? "
+                "WHERE node_id = ? AND token = ?",
+                (last_ms, node_id, holder.token),
+            )
+
+    async def release_node(self, holder: NodeHolder, node_id: int, last_ms: int) -> None:
+        await self._in_writer(self._release_node_sync, holder, node_id, last_ms)
+
+
+def _claim(row: Sequence[Any]) -> NodeClaim:
+    holder = None if row[3] is None else NodeHolder(row[1], row[2], row[3])
+    claimed_at = None if row[4] is None else _moment(row[4])
+    expires_at = None if row[5] is None else _moment(row[5])
+    return NodeClaim(row[0], holder, claimed_at, expires_at, row[6])

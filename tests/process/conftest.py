@@ -92,7 +92,7 @@ class ServerFactory:
     def __call__(
         self,
         dsn: str | None,
-        node_id: int | None = 1,
+        node_id: int | None = None,
         *,
         args: Sequence[str] = ("--port", "0"),
         env: Mapping[str, str] | None = None,
