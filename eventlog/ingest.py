@@ -202,6 +202,7 @@ class Writer:
         # While the database is failing: since when, and how many requests were refused. The
         # log gets one line when writes start failing and one when they work again.
         self._down_since: float | None = None
+        self._down_reason = ""
         self._refused = 0
 
     @property
@@ -269,6 +270,12 @@ class Writer:
                     break
                 jobs.append(more)
                 count += len(more.events)
+            if self._down_since is not None and in_flight:
+                # The database is failing and a transaction under way is finding out whether
+                # it is back: the others are refused now rather than queued behind it, so a
+                # request waits for one attempt at most, and a struggling database sees one.
+                self._refuse(jobs, count)
+                continue
             task = asyncio.create_task(self._commit_group(jobs, count))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -325,7 +332,20 @@ class Writer:
             self._refused = 0
             kind = "unavailable" if isinstance(e, StoreUnavailable) else "failing"
             log.error("database %s, writes answer 503 until it works again: %s", kind, e)
+        self._down_reason = str(e)
         self._refused += requests
+
+    def _refuse(self, jobs: list[_Job], count: int) -> None:
+        self._queued_events -= count
+        self._slots.release()
+        self._refused += len(jobs)
+        self._answer(
+            jobs,
+            {
+                id(job): DatabaseUnavailable(self._down_reason, headers={"Retry-After": "1"})
+                for job in jobs
+            },
+        )
 
     def _working(self) -> None:
         if self._down_since is not None:

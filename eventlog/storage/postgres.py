@@ -65,6 +65,9 @@ _UNAVAILABLE = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # The driver lost track of a connection's state, as when a shutdown interrupts the pool's
+    # reset of a released connection ("cannot switch to state 15 ...").
+    asyncpg.InternalClientError,
     # Class 57: shutting down, starting up, crash recovery, a cancelled statement.
     asyncpg.OperatorInterventionError,
     # Class 53 (disk full, out of memory, too many connections) and 58 (I/O error).
@@ -99,7 +102,8 @@ def _translated() -> Any:
     try:
         yield
     except _UNAVAILABLE as e:
-        raise StoreUnavailable(f"postgresql: {e}") from e
+        detail = str(e) or ("no answer in time" if isinstance(e, TimeoutError) else repr(e))
+        raise StoreUnavailable(f"postgresql: {detail}") from e
     except (asyncpg.DataError, asyncpg.UntranslatableCharacterError) as e:
         raise ValueNotStorable(f"postgresql: {e}") from e
     except asyncpg.PostgresError as e:
@@ -384,11 +388,13 @@ class PostgresStore(EventStore):
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
         # Bounded as a whole, so the writer answers within the configured timeouts whatever
-        # hangs: the connection, a statement, or the pool's clean-up of a broken connection.
+        # hangs: the connection, a statement, or the pool's clean-up of a broken connection
+        # (which goes on in the background; acquire() gets no timeout of its own, as it would
+        # become the clean-up's, which then fails with nobody to hear it).
         with _translated():
             async with (
                 asyncio.timeout(self._connect_timeout + self._command_timeout),
-                self.pool.acquire(timeout=self._connect_timeout) as conn,
+                self.pool.acquire() as conn,
             ):
                 if not idempotency_keys:
                     # Optimistic: decide as if nothing were stored, and append only if so.

@@ -22,6 +22,7 @@ import pwd
 import re
 import resource
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -285,9 +286,10 @@ async def _run_outage(
     label: str,
     go_down: Callable[[], Awaitable[None]],
     come_back: Callable[[], Awaitable[None]],
+    down_s: float = DOWN_S,
 ) -> Outage:
-    """Run the load for UP_S, take the database away for DOWN_S, bring it back, and time the
-    recovery of writes and of /ready."""
+    """Run the load for UP_S, take the database away for ``down_s``, bring it back, and time
+    the recovery of writes and of /ready."""
     outage = Outage(label)
     await asyncio.sleep(UP_S)
     outage.stop_called = time.monotonic()
@@ -295,7 +297,7 @@ async def _run_outage(
     outage.stop_done = time.monotonic()
     back = asyncio.Event()
     prober = asyncio.create_task(_probe_while_down(session, url, outage, back))
-    await asyncio.sleep(DOWN_S)
+    await asyncio.sleep(down_s)
     back.set()
     await prober
     outage.start_called = time.monotonic()
@@ -315,7 +317,10 @@ async def _run_outage(
 
 
 def _check_replies(
-    load: Load, outages: list[Outage], probes: set[tuple[str, int, str | None]]
+    load: Load,
+    outages: list[Outage],
+    probes: set[tuple[str, int, str | None]],
+    min_down: int = 20,
 ) -> None:
     """Every reply is a 200 or a 503 db_unavailable with Retry-After, in time; every request
     made while the database was down was refused; the probes answered ``probes``."""
@@ -332,7 +337,7 @@ def _check_replies(
             assert reply.retry_after is not None and int(reply.retry_after) >= 1, reply
     for outage in outages:
         down = [s.reply for s in load.sent if outage.down(s.reply)]
-        assert len(down) >= 20, f"{outage.label}: only {len(down)} writes while down"
+        assert len(down) >= min_down, f"{outage.label}: only {len(down)} writes while down"
         assert all(r.status == 503 for r in down), f"{outage.label}: a write succeeded while down"
         assert sum(1 for s in load.sent if _ok(s.reply) and s.reply.ended < outage.stop_called)
         assert set(outage.probes) == probes, outage.probes
@@ -464,6 +469,27 @@ class Cluster:
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"
         )
+
+    def _pids(self) -> list[int]:
+        """The postmaster, then its children (the backends and helpers)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:
+                    children.append(int(Path(stat).parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the cluster: connections open, nothing answers."""
+        for pid in self._pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT every process of the cluster."""
+        for pid in reversed(self._pids()):
+            os.kill(pid, signal.SIGCONT)
 
     def running(self) -> bool:
         """Whether the postmaster is up."""
@@ -666,7 +692,7 @@ class PipedServerFactory(ServerFactory):
 
 def _copy(proc: subprocess.Popen[bytes], log_path: Path) -> None:
     assert proc.stdout is not None
-    with open(log_path, "ab") as out:
+    with proc.stdout, open(log_path, "ab") as out:
         for line in proc.stdout:
             out.write(line)
             out.flush()
@@ -732,5 +758,37 @@ async def test_sqlite_file_that_cannot_grow_gives_503_and_one_log_line_then_reco
     assert "Traceback" not in log, log
     down = _log_lines(log, r"database unavailable")
     assert len(down) == 1, log
-    assert str(path) in down[0] and "SQLITE_IOERR" in down[0], down
+    assert f"cannot write {path}" in down[0] and "SQLITE_IOERR" in down[0], down
+    assert "file size limit (ulimit -f) is 1 bytes" in down[0], down
     assert len(_log_lines(log, r"database available again")) == 1, log
+
+
+async def test_postgres_frozen_mid_load_gives_503_within_the_db_timeouts_then_recovers(
+    pg_cluster: Cluster, start_server: ServerFactory
+) -> None:
+    """Every PostgreSQL process stopped with SIGSTOP (connections are accepted, nothing
+    answers): writes, /ready and reads answer 503 within the configured timeouts, never hang;
+    after SIGCONT writes and /ready work again within 5 s and nothing acknowledged is lost."""
+    server = start_server(pg_cluster.dsn, node_id=1, env=SERVER_ENV)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG)) as session:
+        load = Load(_producers(session, server.url, "http"))
+        load.start()
+        try:
+            outage = await _run_outage(
+                session,
+                server.url,
+                load,
+                "SIGSTOP",
+                lambda: asyncio.to_thread(pg_cluster.freeze),
+                lambda: asyncio.to_thread(pg_cluster.thaw),
+                down_s=WRITE_DEADLINE + 0.5,  # the first attempts end by their timeouts
+            )
+            await asyncio.sleep(0.5)
+        finally:
+            await load.stop()
+        print("\n" + _summary(load, [outage]))
+        down = ("/ready", 503, "db_unavailable"), ("/api/events?limit=1", 503, "db_unavailable")
+        _check_replies(load, [outage], {("/health", 200, None), *down})
+        retries = await load.retry_refused()
+        _check_stored(await _stored(pg_cluster.dsn), load, retries)
+    _check_log(server.log(), 1)
