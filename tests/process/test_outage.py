@@ -530,7 +530,7 @@ def pg_cluster() -> Iterator[Cluster]:
             _unavailable("running as root, and there is no postgres user to run initdb as")
         as_user = [runuser, "-u", "postgres", "--"]  # type: ignore[list-item]
     # Not under pytest's tmp_path: its parents are private to root, and postgres must get in.
-    folder = Path(tempfile.mkdtemp(prefix="eventlog-outage-pg-"))
+    folder = Path(tempfile.mkdtemp(prefix="eventlog-outage-pg-", dir="/tmp"))
     if owner is not None:
         os.chown(folder, owner.pw_uid, owner.pw_gid)
     cluster = Cluster(bindir, folder, as_user)  # type: ignore[arg-type]
@@ -729,6 +729,8 @@ async def test_sqlite_file_that_cannot_grow_gives_503_and_one_log_line_then_reco
     full disk): writes answer 503 db_unavailable with Retry-After, one log line names the file
     and the cause, reads still work; writes succeed again within 5 s of the limit's removal
     and nothing acknowledged is lost."""
+    if not hasattr(resource, "prlimit"):
+        pytest.skip("NO prlimit ON THIS PLATFORM (Linux only); the SQLite outage test is SKIPPED")
     path = tmp_path / "events.db"
     server = start_piped_server(f"sqlite:///{path}", node_id=1, env=SERVER_ENV)
     pid = server.proc.pid
