@@ -326,6 +326,7 @@ def _check_replies(
     load: Load,
     outages: list[Outage],
     probes: set[tuple[str, int, str | None]],
+    min_down: int = 20,
 ) -> None:
     """Every reply is a 200 or a 503 db_unavailable with Retry-After, in time; every request
     made while the database was down was refused; the probes answered ``probes``."""
@@ -342,7 +343,7 @@ def _check_replies(
             assert reply.retry_after is not None and int(reply.retry_after) >= 1, reply
     for outage in outages:
         down = [s.reply for s in load.sent if outage.down(s.reply)]
-        assert len(down) >= 20, f"{outage.label}: only {len(down)} writes while down"
+        assert len(down) >= min_down, f"{outage.label}: only {len(down)} writes while down"
         assert all(r.status == 503 for r in down), f"{outage.label}: a write succeeded while down"
         assert sum(1 for s in load.sent if _ok(s.reply) and s.reply.ended < outage.stop_called)
         assert set(outage.probes) == probes, outage.probes
@@ -796,7 +797,9 @@ async def test_postgres_frozen_mid_load_gives_503_within_the_db_timeouts_then_re
             await load.stop()
         print("\n" + _summary(load, [outage]))
         down = ("/ready", 503, "db_unavailable"), ("/api/events?limit=1", 503, "db_unavailable")
-        _check_replies(load, [outage], {("/health", 200, None), *down})
+        # Few samples: when every producer's request joins one attempt, each round of them
+        # lasts a connect timeout.
+        _check_replies(load, [outage], {("/health", 200, None), *down}, min_down=3)
         retries = await load.retry_refused()
         _check_stored(await _stored(pg_cluster.dsn), load, retries)
     _check_log(server.log(), 1)
