@@ -201,6 +201,11 @@ class Writer:
         self.on_group: Callable[[int, float], None] | None = None
         self._committed = 0
         self._closing = False
+        # While the database is failing: since when, and how many requests were refused. The
+        # log gets one line when writes start failing and one when they work again.
+        self._down_since: float | None = None
+        self._down_reason = ""
+        self._refused = 0
 
     @property
     def queued_events(self) -> int:
@@ -267,6 +272,12 @@ class Writer:
                     break
                 jobs.append(more)
                 count += len(more.events)
+            if self._down_since is not None and in_flight:
+                # The database is failing and a transaction under way is finding out whether
+                # it is back: the others are refused now rather than queued behind it, so a
+                # request waits for one attempt at most, and a struggling database sees one.
+                self._refuse(jobs, count)
+                continue
             task = asyncio.create_task(self._commit_group(jobs, count))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -299,19 +310,59 @@ class Writer:
     async def _commit(self, jobs: list[_Job]) -> None:
         try:
             results = await self._transaction(jobs)
-        except StoreUnavailable as e:
-            log.warning("write failed, database unavailable: %s", e)
+        except StoreError as e:
+            if isinstance(e, ValueNotStorable):
+                return await self._commit_apart(jobs, e)
+            self._failing(e, len(jobs))
             problem = DatabaseUnavailable(str(e), headers={"Retry-After": "1"})
             results = {id(job): problem for job in jobs}
         except Exception as e:  # never leave a request waiting forever
-            blame_one = isinstance(e, ValueNotStorable) or not isinstance(e, StoreError)
-            if blame_one and len(jobs) > 1:
-                # A value one request carried broke the write: the others must not fail with
-                # it, so each is committed alone.
-                for job in jobs:
-                    await self._commit([job])
-                return
-            results = {id(job): _failure(e) for job in jobs}
+            return await self._commit_apart(jobs, e)
+        else:
+            self._working()
+        self._answer(jobs, results)
+
+    async def _commit_apart(self, jobs: list[_Job], e: Exception) -> None:
+        """A value one request carried broke the write: the others must not fail with it, so
+        each is committed alone."""
+        if len(jobs) > 1:
+            for job in jobs:
+                await self._commit([job])
+            return
+        self._answer(jobs, {id(job): _failure(e) for job in jobs})
+
+    def _failing(self, e: StoreError, requests: int) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._refused = 0
+            kind = "unavailable" if isinstance(e, StoreUnavailable) else "failing"
+            log.error("database %s, writes answer 503 until it works again: %s", kind, e)
+        self._down_reason = str(e)
+        self._refused += requests
+
+    def _refuse(self, jobs: list[_Job], count: int) -> None:
+        self._queued_events -= count
+        self._slots.release()
+        self._refused += len(jobs)
+        self._answer(
+            jobs,
+            {
+                id(job): DatabaseUnavailable(self._down_reason, headers={"Retry-After": "1"})
+                for job in jobs
+            },
+        )
+
+    def _working(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "database available again after %.1f s; %d write requests were refused meanwhile",
+                time.monotonic() - self._down_since,
+                self._refused,
+            )
+            self._down_since = None
+
+    @staticmethod
+    def _answer(jobs: list[_Job], results: dict[int, Any]) -> None:
         for job in jobs:
             outcome = results[id(job)]
             if job.future.done():
@@ -394,12 +445,9 @@ class Writer:
 
 
 def _failure(e: Exception) -> Exception:
-    """What a request is told when its transaction failed with ``e``."""
+    """What a request is told when its transaction failed with ``e`` (not an outage)."""
     if isinstance(e, ValueNotStorable):
         return InvalidEnvelope(f"the database refused a value: {e}")
-    if isinstance(e, StoreError):
-        log.error("write failed: %s", e)
-        return DatabaseUnavailable(f"the store failed: {e}", headers={"Retry-After": "1"})
     log.exception("write failed unexpectedly", exc_info=e)
     return e
 

@@ -84,6 +84,7 @@ class Hub:
         self._last = 0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._failing = False  # the last read failed (logged once, not once per poll)
 
     @property
     def last_seq(self) -> int:
@@ -140,9 +141,15 @@ class Hub:
             try:
                 await self._catch_up()
             except StoreError as e:
-                log.warning("stream hub cannot read the store: %s", e)
+                if not self._failing:
+                    log.warning("stream hub cannot read the store, live streams wait: %s", e)
+                self._failing = True
             except Exception:  # the hub must outlive any one bad read
                 log.exception("stream hub failed to read the store")
+            else:
+                if self._failing:
+                    log.info("stream hub reads the store again")
+                self._failing = False
 
     async def _catch_up(self) -> None:
         if not self._subscribers:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,17 +63,36 @@ UPDATE eventlog_head SET last_seq = $18 WHERE id = 1
 
 _MIGRATION_LOCK = 0x6576656E746C6F67  # pg_advisory_lock key: "eventlog" in ASCII
 
+log = logging.getLogger("eventlog.postgres")
+
 # Errors that mean "cannot talk to the database now" rather than "this request is wrong".
 _UNAVAILABLE = (
     OSError,
+    TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.QueryCanceledError,
-    TimeoutError,
+    # The driver lost track of a connection's state, as when a shutdown interrupts the pool's
+    # reset of a released connection ("cannot switch to state 15 ...").
+    asyncpg.InternalClientError,
+    # Class 57: shutting down, starting up, crash recovery, a cancelled statement.
+    asyncpg.OperatorInterventionError,
+    # Class 53 (disk full, out of memory, too many connections) and 58 (I/O error).
+    asyncpg.InsufficientResourcesError,
+    asyncpg.PostgresSystemError,
+    asyncpg.ReadOnlySQLTransactionError,  # a standby (after a failover) cannot take writes
 )
+_RELISTEN_MAX_DELAY = 1.0  # seconds between attempts to reopen the LISTEN connection
+
+
+class _QuietPoolFloor(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect its idle minimum, every
+    few seconds of an outage; the writer and the stream hub report the outage once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to restore the pool connection floor")
+
+
+_quiet_pool_floor = _QuietPoolFloor()
 
 
 def _same(moment: datetime) -> datetime:
@@ -86,7 +108,8 @@ def _translated() -> Any:
     try:
         yield
     except _UNAVAILABLE as e:
-        raise StoreUnavailable(f"postgresql: {e}") from e
+        detail = str(e) or ("no answer in time" if isinstance(e, TimeoutError) else repr(e))
+        raise StoreUnavailable(f"postgresql: {detail}") from e
     except (asyncpg.DataError, asyncpg.UntranslatableCharacterError) as e:
         raise ValueNotStorable(f"postgresql: {e}") from e
     except asyncpg.PostgresError as e:
@@ -255,8 +278,11 @@ class PostgresStore(EventStore):
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._on_notify: Callable[[], None] | None = None
+        self._relisten: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
+        logging.getLogger("asyncpg.pool").addFilter(_quiet_pool_floor)
         with _translated():
             self._pool = await asyncpg.create_pool(
                 self.dsn,
@@ -276,6 +302,11 @@ class PostgresStore(EventStore):
             )
 
     async def close(self) -> None:
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relisten
+            self._relisten = None
         if self._listener is not None:
             listener, self._listener = self._listener, None
             with contextlib.suppress(*_UNAVAILABLE):
@@ -283,6 +314,31 @@ class PostgresStore(EventStore):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    def _listener_lost(self, conn: asyncpg.Connection) -> None:
+        """The LISTEN connection closed: unless we closed it, reopen it in the background."""
+        if conn is not self._listener or self._pool is None:
+            return
+        self._listener = None
+        if self._relisten is None:  # else a reopening is under way and tries again
+            log.warning("the LISTEN connection to PostgreSQL closed; reopening it")
+            self._relisten = asyncio.get_running_loop().create_task(self._reopen_listener())
+
+    async def _reopen_listener(self) -> None:
+        """Reconnect with backoff; then wake the callback for what was committed meanwhile."""
+        assert self._on_notify is not None
+        lost, delay = time.monotonic(), 0.05
+        while True:
+            try:
+                await self.listen(self._on_notify)
+            except StoreError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RELISTEN_MAX_DELAY)
+                continue
+            log.info("the LISTEN connection is open again after %.1f s", time.monotonic() - lost)
+            self._relisten = None
+            self._on_notify()
+            return
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -337,8 +393,15 @@ class PostgresStore(EventStore):
     async def write(
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
+        # Bounded as a whole, so the writer answers within the configured timeouts whatever
+        # hangs: the connection, a statement, or the pool's clean-up of a broken connection
+        # (which goes on in the background; acquire() gets no timeout of its own, as it would
+        # become the clean-up's, which then fails with nobody to hear it).
         with _translated():
-            async with self.pool.acquire() as conn:
+            async with (
+                asyncio.timeout(self._connect_timeout + self._command_timeout),
+                self.pool.acquire() as conn,
+            ):
                 if not idempotency_keys:
                     # Optimistic: decide as if nothing were stored, and append only if so.
                     plan = decide({}, {})
@@ -455,8 +518,10 @@ class PostgresStore(EventStore):
         return [Execution(*r) for r in rows]
 
     async def listen(self, callback: Callable[[], None]) -> None:
+        self._on_notify = callback
         with _translated():
             self._listener = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
+            self._listener.add_termination_listener(self._listener_lost)
             await self._listener.add_listener("eventlog", lambda *_: callback())
 
     # --- node id claims (appended) ---------------------------------------------------------

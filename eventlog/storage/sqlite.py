@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import resource
+import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +129,26 @@ def _translated() -> Any:
         raise StoreError(f"sqlite: {e}") from e
 
 
+def _unwritable(path: Path, e: sqlite3.Error) -> StoreError:
+    """A failed write as the store's error, naming the file and what is known of the cause:
+    SQLite reports a full disk, a file size limit or a failing device alike, as an I/O error."""
+    name = getattr(e, "sqlite_errorname", None)
+    causes = [f"{e} ({name})" if name else str(e)]
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(path.parent).free
+        if free < 64 * 1024 * 1024:
+            causes.append(f"{free} bytes free on its filesystem")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        causes.append(f"the process's file size limit (ulimit -f) is {limit} bytes")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        causes.append("no permission to write it")
+    message = f"sqlite: cannot write {path}: {'; '.join(causes)}"
+    if isinstance(e, sqlite3.OperationalError):
+        return StoreUnavailable(message)
+    return StoreError(message)
+
+
 # The head of the log and the stored events among the keys, in one statement.
 _HEAD_AND_FIND = (
     f"SELECT h.head, e.* FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM events) h "
@@ -206,8 +229,10 @@ class SqliteStore(EventStore):
     async def _in_writer(self, call: Callable[..., T], *args: Any) -> T:
         if self._thread is None or self._writer is None:
             raise StoreUnavailable("the store is not open")
-        with _translated():
+        try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+        except sqlite3.Error as e:
+            raise _unwritable(self.path, e) from e
 
     async def open(self) -> None:
         try:
@@ -247,13 +272,17 @@ class SqliteStore(EventStore):
         MAX(seq) + 1 … is read and written under one lock: seq order is commit order."""
         db = self._writer
         assert db is not None
+        if db.in_transaction:  # a ROLLBACK failed last time: end that transaction first
+            db.execute("ROLLBACK")
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                # The first error is the one to report; a failed ROLLBACK is retried above.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
     def _write_sync(
