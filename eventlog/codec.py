@@ -393,10 +393,10 @@ def _field_errors(exc: BaseException, path: str, wire: dict[str, str]) -> list[F
             out += _field_errors(sub, f"{path}.{wire.get(note.name, note.name)}", {})
         return out
     if isinstance(exc, IterableValidationError):
-        noted, other = exc.group_exceptions()
-        out = [FieldError(path, str(e)) for e in other]
-        for sub, note in noted:
-            out += _field_errors(sub, f"{path}[{note.index}]", {})
+        items, rest = exc.group_exceptions()
+        out = [FieldError(path, str(e)) for e in rest]
+        for sub, item in items:
+            out += _field_errors(sub, f"{path}[{item.index}]", {})
         return out
     if isinstance(exc, ForbiddenExtraKeysError):
         return [FieldError(path, str(exc))]

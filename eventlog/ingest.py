@@ -7,14 +7,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import orjson
 
 from .codec import dumps, loads, same_json
 from .envelope import Defaulted, Envelope, Event, NewEvent
-from .ids import SnowflakeGenerator
 from .problems import (
     DatabaseUnavailable,
     EventConflict,
@@ -36,20 +35,28 @@ from .storage.base import (
 log = logging.getLogger("eventlog.writer")
 
 
+class IdSource(Protocol):
+    """What mints ids for events sent without one (eventlog.nodes.NodeIds, or a generator)."""
+
+    def next_id(self) -> int:
+        """A new id, greater than every id this source gave before."""
+        ...
+
+
 def normalise(
-    envelope: Envelope, ids: SnowflakeGenerator, received_at: datetime, *, in_batch: bool = False
+    envelope: Envelope, ids: IdSource, received_at: datetime, *, in_batch: bool = False
 ) -> NewEvent:
     """Fill the server's defaults into an envelope and mark which ones it filled."""
     defaulted = Defaulted.NONE
-    event_id = envelope.event_id
+    event_id: int | None = envelope.event_id
     if event_id is None:
         event_id = ids.next_id()
         defaulted |= Defaulted.EVENT_ID
-    status = envelope.status
+    status: str | None = envelope.status
     if status is None:
         status = derive_status(envelope.event_type)
         defaulted |= Defaulted.STATUS
-    created_at = envelope.created_at
+    created_at: datetime | None = envelope.created_at
     if created_at is None:
         created_at = received_at
         defaulted |= Defaulted.CREATED_AT
@@ -388,17 +395,19 @@ class Writer:
             new_records: dict[str, IdempotencyRecord] = {}
             for job in jobs:
                 if job.idempotency is not None:
-                    key = job.idempotency.key
-                    record = new_records.get(key) or records.get(key)
+                    idem_key = job.idempotency.key
+                    record = new_records.get(idem_key) or records.get(idem_key)
                     if record is not None:
                         if record.fingerprint == job.idempotency.fingerprint:
                             results[id(job)] = (Receipt.replay(record.outcome_json), [])
                         else:
                             results[id(job)] = IdempotencyConflict(
-                                f"Idempotency-Key {key!r} was used for a different request"
+                                f"Idempotency-Key {idem_key!r} was used for a different request"
                             )
                         continue
-                plan, own, conflict = [], {}, None
+                plan: list[tuple[Key, bool]] = []
+                own: dict[Key, NewEvent] = {}
+                conflict = None
                 for event in job.events:
                     key = event.key
                     prior = existing.get(key) or own.get(key) or pending.get(key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -312,7 +312,7 @@ class LiveEvents:
     async def __anext__(self) -> Event:
         return await self._events.__anext__()
 
-    async def _follow(self) -> AsyncIterator[Event]:
+    async def _follow(self) -> AsyncGenerator[Event, None]:
         while True:
             try:
                 async for chunk in self._subscription.chunks():

@@ -47,8 +47,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if getattr(record, "request_id", None):
-            line["request_id"] = record.request_id
+        rid = getattr(record, "request_id", None)
+        if rid:
+            line["request_id"] = rid
         line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)

@@ -99,13 +99,14 @@ class NodeIds:
         return self._generator is not None and time.monotonic() < self._deadline
 
     def _usable(self) -> SnowflakeGenerator:
-        if not self.live:
+        generator = self._generator
+        if generator is None or time.monotonic() >= self._deadline:
             self._wake.set()
             raise DatabaseUnavailable(
                 "this instance holds no live claim on a node id, so it cannot mint ids",
                 headers={"Retry-After": "1"},
             )
-        return self._generator
+        return generator
 
     def _past_ceiling(self) -> None:
         # The wall clock jumped ahead since the last renewal: the next holder's floor would not

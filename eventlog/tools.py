@@ -38,7 +38,8 @@ async def tail(
     """Print the live stream as JSON lines, resuming after every dropped connection."""
     async with EventLogClient(url, token=token) as client:
         try:
-            async for event in client.tail(after, execution_id, forever=True, **filters):
+            chosen: dict[str, Any] = dict(filters)
+            async for event in client.tail(after, execution_id, forever=True, **chosen):
                 out.write(dumps(event).decode() + "\n")
                 out.flush()
         except EventLogError as e:

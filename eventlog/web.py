@@ -39,7 +39,7 @@ from .problems import (
     problem_middleware,
 )
 from .storage.base import Page, StoreError
-from .stream import CutOff, Filter
+from .stream import CutOff, Filter, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -94,7 +94,8 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     async def end_streams(app: web.Application) -> None:
         # Streams never finish by themselves; at shutdown they must, or the server waits its
         # whole shutdown_timeout for them. Only this app's: a shared log may have other readers.
-        for subscription in list(app[STREAMS]):
+        streams: set[Subscription] = app[STREAMS]
+        for subscription in list(streams):
             subscription.end()
 
     app.cleanup_ctx.append(lifecycle)

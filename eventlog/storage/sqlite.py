@@ -175,11 +175,11 @@ _EXECUTION_COLUMNS = (
 )
 
 
-def _execution(row: tuple[Any, ...]) -> Execution:
+def _execution(row: Sequence[Any]) -> Execution:
     return Execution(row[0], row[1], _moment(row[2]), _moment(row[3]), row[4], row[5], row[6])
 
 
-def _record(row: tuple[Any, ...]) -> IdempotencyRecord:
+def _record(row: Sequence[Any]) -> IdempotencyRecord:
     return IdempotencyRecord(row[0], row[1], row[2], _moment(row[3]), _moment(row[4]))
 
 
