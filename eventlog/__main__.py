@@ -94,19 +94,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
-    from .web import EVENT_LOG, STREAMS, create_app
+    from .web import EVENT_LOG, SERVICE, STREAMS, create_app
 
     app = create_app(settings)
-    draining = False
-
-    async def close_after_reply(request: web.Request, response: web.StreamResponse) -> None:
-        # A client told `Connection: close` sends its next request elsewhere, rather than onto
-        # a connection the server is about to drop.
-        if draining:
-            response.force_close()
-            response.headers["Connection"] = "close"
-
-    app.on_response_prepare.append(close_after_reply)
     # The drain comes out of the shutdown budget; what is left bounds the in-flight handlers
     # (never 0, which aiohttp reads as "wait for ever").
     drain = min(DRAIN_S, settings.shutdown_timeout / 2)
@@ -144,7 +134,7 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     started = loop.time()
-    draining = True
+    app[SERVICE].draining = True  # every reply from now on says `Connection: close`
     # Stop accepting first; no await comes between this and the flag above, so every reply
     # that says `Connection: close` leaves a client that can only be refused, never reset.
     await site.stop()

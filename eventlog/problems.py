@@ -153,17 +153,12 @@ def bearer_auth_middleware(
     return auth
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turn every error into problem+json; an unexpected exception is logged and becomes a 500."""
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return problem_response(problem)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The problem+json reply for an error a handler raised (an HTTPException of status 400 or
+    more, or any other exception); an unexpected one is logged and becomes a 500."""
+    if isinstance(exc, Problem):
+        return problem_response(exc)
+    if isinstance(exc, web.HTTPException):
         return problem_response(_from_http_exception(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(InternalError("an unexpected error occurred; it has been logged"))
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return problem_response(InternalError("an unexpected error occurred; it has been logged"))

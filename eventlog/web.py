@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import orjson
 from aiohttp import web
 
@@ -36,7 +37,7 @@ from .problems import (
     TooManyEvents,
     UnsupportedMediaType,
     bearer_auth_middleware,
-    problem_middleware,
+    error_response,
 )
 from .storage.base import Page, StoreError
 from .stream import CutOff, Filter, Subscription
@@ -60,7 +61,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     runs its startup and cleanup with the parent's. An ``event_log`` the caller already started
     is shared, not started or closed here; one not yet started is run with the app.
     """
-    middlewares = [observe_middleware, problem_middleware]
+    middlewares = [edge_middleware]
     # Open routes are known by their resource, not their path: mounted under a prefix, the
     # paths change but the resources stay the same objects.
     open_resources: set[web.AbstractResource] = set()
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app[SETTINGS] = settings
     app[SSE_CACHE] = {}
     app[STREAMS] = set()
+    app[SERVICE] = ServiceState()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         log = event_log or EventLog(settings)
@@ -113,22 +115,45 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
-    app.on_response_prepare.append(_request_id_header)
     open_resources.update(r for r in app.router.resources() if r.canonical in settings.open_paths)
     return app
 
 
+@attrs.define
+class ServiceState:
+    """What the process running the app tells it (see eventlog serve's shutdown)."""
+
+    draining: bool = False  # every reply from now on closes its connection
+
+
+SERVICE = web.AppKey("service", ServiceState)
+
+
 @web.middleware
-async def observe_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Give the request its id (X-Request-ID, sent back on the reply and on every log line it
-    causes), and count and time it for the metrics."""
+async def edge_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Around every request: its id (X-Request-ID, sent back on the reply and on every log line
+    it causes), every error as problem+json, and its count and time in the metrics."""
     rid = request_id(request.headers.get("X-Request-ID"))
     request[REQUEST_ID_KEY] = rid
     token = REQUEST_ID.set(rid)
     started = time.perf_counter()
     response = None
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = error_response(request, exc)
+        except Exception as exc:
+            response = error_response(request, exc)
+        if not response.prepared:  # (a stream sets its headers itself)
+            response.headers["X-Request-ID"] = rid
+            if request.app[SERVICE].draining:
+                # The client sends its next request on a new connection, not onto this one,
+                # which the server is about to close.
+                response.force_close()
+                response.headers["Connection"] = "close"
         return response
     finally:
         REQUEST_ID.reset(token)
@@ -146,11 +171,6 @@ def _count(request: web.Request, response: web.StreamResponse | None, seconds: f
     code = response.get(PROBLEM_CODE)
     if code is not None:
         metrics.rejections.labels(code).inc()
-
-
-async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    if REQUEST_ID_KEY in request:
-        response.headers["X-Request-ID"] = request[REQUEST_ID_KEY]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -399,7 +419,11 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
         after = _query_int(request, "after", None, 0, MAX_ID)
     event_log = request.app[EVENT_LOG]
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-ID": request[REQUEST_ID_KEY],
+        }
     )
     subscription = event_log.follow(filter, after)
     try:
