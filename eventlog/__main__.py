@@ -143,11 +143,23 @@ async def _serve(settings: Settings) -> int:
     log.info("drained; closing %d connection(s) left open besides streams", idle)
     # aiohttp from here: end the streams (each with its final message), wait for the handlers
     # still running, close the connections, then close the log (writer flushed, then store).
-    await runner.cleanup()
+    # Bounded: with the database gone, closing could otherwise wait out its timeouts.
+    budget = max(settings.shutdown_timeout - (loop.time() - started), 0.0) + CLOSE_GRACE_S
+    try:
+        async with asyncio.timeout(budget):
+            await runner.cleanup()
+    except TimeoutError:
+        log.error(
+            "shutdown did not finish within shutdown_timeout (%.1f s): exiting without closing "
+            "the store; requests not yet answered were not acknowledged",
+            settings.shutdown_timeout,
+        )
+        return 1
     log.info("stopped after %.2f s", loop.time() - started)
     return 0
 
 
+CLOSE_GRACE_S = 2.0  # past shutdown_timeout, for closing the log once the handlers are done
 DRAIN_S = 1.0  # the longest shutdown waits for open connections to finish their exchange
 
 

@@ -131,14 +131,24 @@ def json_text(value: Any) -> str:
 
 
 def same_json(a: Any, b: Any) -> bool:
-    """JSON equality: unlike ==, true is not 1 and 1 is not 1.0; object key order is ignored."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+    """JSON equality: unlike ==, true is not 1 and 1 is not 1.0; object key order is ignored.
+    (A loop, not recursion: a payload may nest deeper than Python's recursion limit.)"""
+    pairs = [(a, b)]
+    while pairs:
+        x, y = pairs.pop()
+        if type(x) is not type(y):
+            return False
+        if type(x) is dict:
+            if x.keys() != y.keys():
+                return False
+            pairs.extend((v, y[k]) for k, v in x.items())
+        elif type(x) is list:
+            if len(x) != len(y):
+                return False
+            pairs.extend(zip(x, y, strict=True))
+        elif x != y:
+            return False
+    return True
 
 
 # --- strict structuring hooks -------------------------------------------------------------
@@ -460,7 +470,10 @@ def structure_python(items: list[Any], *, single: bool = False) -> list[Envelope
         path = "$" if single else f"$[{index}]"
         if type(item) is Envelope:
             item = wire_form(item)
-        item_errors = plain_json_errors(item, path)
+        try:
+            item_errors = plain_json_errors(item, path)
+        except RecursionError:
+            item_errors = [FieldError(path, "nested too deeply to be stored")]
         if not item_errors:
             envelope, item_errors = _structure_envelope(item, path)
             envelopes.append(envelope)

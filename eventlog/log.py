@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ from .envelope import Envelope, Event
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
 from .nodes import NodeIds
-from .problems import DatabaseUnavailable, NotFound
+from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound
 from .storage.base import EventStore, Execution, Page, StoreError, open_store
 from .stream import CutOff, Filter, Hub, Subscription
 
@@ -131,10 +132,11 @@ class EventLog:
         With ``idempotency_key``, calling again with the same events is a replay, not a
         second append (see ``ingest``)."""
         items = list(envelopes)
+        checked = structure_python(items)  # first: the fingerprint needs JSON-able items
         idempotency = None
         if idempotency_key is not None:
             idempotency = Idempotency(idempotency_key, _fingerprint(items))
-        return await self.ingest(structure_python(items), batch=True, idempotency=idempotency)
+        return await self.ingest(checked, batch=True, idempotency=idempotency)
 
     async def ingest(
         self,
@@ -150,14 +152,7 @@ class EventLog:
         key raises IdempotencyConflict.
         """
         if self._redact:
-            envelopes = [
-                attrs.evolve(
-                    e,
-                    payload=redact(e.payload, self._redact),
-                    meta=None if e.meta is None else redact(e.meta, self._redact),
-                )
-                for e in envelopes
-            ]
+            envelopes = [self._redacted(e) for e in envelopes]
         received_at = now()
         events = [normalise(e, self.ids, received_at, in_batch=batch) for e in envelopes]
         try:
@@ -174,6 +169,19 @@ class EventLog:
             self.metrics.events_duplicate.inc(duplicates)
             self.metrics.events_accepted.inc(len(events) - duplicates)
         return receipt, appended
+
+    def _redacted(self, envelope: Envelope) -> Envelope:
+        try:
+            return attrs.evolve(
+                envelope,
+                payload=redact(envelope.payload, self._redact),
+                meta=None if envelope.meta is None else redact(envelope.meta, self._redact),
+            )
+        except RecursionError:
+            raise InvalidEnvelope(
+                "$.payload: nested too deeply to redact",
+                errors=[FieldError("$.payload", "nested too deeply to redact")],
+            ) from None
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event:
         """The event with this id; NotFound when there is none."""
@@ -299,12 +307,12 @@ class LiveEvents:
     """
 
     def __init__(self, hub: Hub, filter: Filter, after: int | None) -> None:
-        self._hub = hub
-        self._filter = filter
         # Entered now, so "from now" means from the subscribe call, not the first read.
-        self._subscription = hub.subscribe(filter, after, heartbeat=None)
-        self._subscription.open()
-        self._events = self._follow()
+        self._current = [_open(hub, filter, after)]
+        # The generator does not refer back to this object, so dropping it (say, after a
+        # break out of the loop) releases the subscription at once, not at the next GC.
+        self._events = _follow(hub, filter, self._current)
+        weakref.finalize(self, _close, self._current)
 
     def __aiter__(self) -> LiveEvents:
         return self
@@ -312,21 +320,9 @@ class LiveEvents:
     async def __anext__(self) -> Event:
         return await self._events.__anext__()
 
-    async def _follow(self) -> AsyncGenerator[Event, None]:
-        while True:
-            try:
-                async for chunk in self._subscription.chunks():
-                    for event in chunk or ():
-                        yield event
-                return  # the log closed
-            except CutOff as e:
-                self._subscription.close()
-                self._subscription = self._hub.subscribe(self._filter, e.last_seq, heartbeat=None)
-                self._subscription.open()
-
     async def aclose(self) -> None:
         """Stop following."""
-        self._subscription.close()
+        _close(self._current)
         await self._events.aclose()
 
     async def __aenter__(self) -> LiveEvents:
@@ -334,6 +330,35 @@ class LiveEvents:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _open(hub: Hub, filter: Filter, after: int | None) -> Subscription:
+    subscription = hub.subscribe(filter, after, heartbeat=None)
+    subscription.open()
+    return subscription
+
+
+def _close(current: list[Subscription]) -> None:
+    current[0].close()
+
+
+async def _follow(
+    hub: Hub, filter: Filter, current: list[Subscription]
+) -> AsyncGenerator[Event, None]:
+    try:
+        while True:
+            try:
+                async for chunk in current[0].chunks():
+                    for event in chunk or ():
+                        yield event
+                return  # the log closed
+            except CutOff as e:
+                current[0].close()
+                current[0] = _open(hub, filter, e.last_seq)
+            except StoreError as e:
+                raise DatabaseUnavailable(str(e), headers={"Retry-After": "1"}) from e
+    finally:
+        _close(current)
 
 
 def _fingerprint(items: list[Any]) -> str:

@@ -1,5 +1,5 @@
-"""Logging: text or JSON lines on stderr, a request id on every line a request causes, and
-one access-log line per request."""
+"""Logging: text or JSON lines on stderr, a request id on every line written while handling a
+request, and one access-log line per request."""
 
 from __future__ import annotations
 

@@ -70,6 +70,7 @@ class NodeIds:
         self._last_id = 0  # the latest id minted under the current claim
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._unclaimed_said = False  # the "no node id" error is logged once per episode
 
     @property
     def node_id(self) -> int | None:
@@ -179,8 +180,12 @@ class NodeIds:
                 async with asyncio.timeout(self._renew_every):
                     await self._claim()
             except (StoreError, NodeIdUnavailable, TimeoutError) as e:
-                log.error("still no node id, writes fail until one is claimed: %s", e)
+                # Said once, not once a second for as long as it lasts.
+                if not self._unclaimed_said:
+                    log.error("no node id, writes fail until one is claimed: %s", e)
+                    self._unclaimed_said = True
                 return False
+            self._unclaimed_said = False
             return True
         node_id = self._generator.node_id
         started = time.monotonic()

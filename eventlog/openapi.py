@@ -723,9 +723,26 @@ def _operation(
     return operation
 
 
+DOCUMENT_PATH = "/api/openapi.json"
+
+
+def mount_prefix(app: web.Application) -> str:
+    """Where the app is mounted ("" at the root): aiohttp prefixes a sub-application's routes."""
+    for route in app.router.routes():
+        if route.handler is routes.openapi_document and route.resource is not None:
+            return route.resource.canonical.removesuffix(DOCUMENT_PATH)
+    return ""
+
+
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:
-    """(method, path) of every route the app serves, less the HEAD aiohttp adds to each GET."""
-    found = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
+    """(method, path) of every route the app serves, less the HEAD aiohttp adds to each GET;
+    paths as the app declares them, without the prefix it may be mounted under."""
+    prefix = mount_prefix(app)
+    found = {
+        (r.method, r.resource.canonical.removeprefix(prefix))
+        for r in app.router.routes()
+        if r.resource
+    }
     return {(m, p) for m, p in found if not (m == "HEAD" and ("GET", p) in found)}
 
 
@@ -755,6 +772,7 @@ def document(app: web.Application) -> dict[str, Any]:
                 "does not serve is a 405 (method_not_allowed), an unknown path a 404."
             ),
         },
+        **({"servers": [{"url": prefix}]} if (prefix := mount_prefix(app)) else {}),
         "paths": paths,
         "components": _components(),
     }

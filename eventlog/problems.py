@@ -146,7 +146,11 @@ def bearer_auth_middleware(
                 headers={"WWW-Authenticate": 'Bearer realm="eventlog"'},
             )
         allowed = writers if request.method not in ("GET", "HEAD", "OPTIONS") else readers
-        if not known(token.strip().encode(), allowed):
+        try:
+            raw = token.strip().encode()
+        except UnicodeEncodeError:  # bytes that were not UTF-8: no token looks like that
+            raw = b""
+        if not raw or not known(raw, allowed):
             raise Forbidden("this token may not make this request")
         return await handler(request)
 

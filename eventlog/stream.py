@@ -83,6 +83,7 @@ class Hub:
         self._wake = asyncio.Event()
         self._last = 0
         self._stopping = False
+        self.closed = False  # stopped: a new subscription ends at once
         self._task: asyncio.Task[None] | None = None
         self._failing = False  # the last read failed (logged once, not once per poll)
 
@@ -112,6 +113,7 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop following; subscribers see the end of their stream."""
+        self.closed = True
         self.end_streams()
         if self._task is not None:
             self._stopping = True
@@ -211,8 +213,11 @@ class Subscription:
 
     def open(self) -> None:
         """Start collecting live events (``async with`` does this)."""
-        self._hub._subscribers.add(self._sub)
         self._start = self._hub.last_seq  # from here on the queue has every match
+        if self._hub.closed:
+            self._sub.ended = True
+            return
+        self._hub._subscribers.add(self._sub)
 
     def close(self) -> None:
         """Stop collecting (``async with`` does this)."""
@@ -244,6 +249,8 @@ class Subscription:
         several at once)."""
         sub, start, store = self._sub, self._start, self._hub._store
         self.position = start if self._after is None else self._after
+        if self._hub.closed:
+            return  # the log is closing or closed: its store may be gone
         # What was missed, read from the store up to where the queue takes over.
         while self.position < start:
             page = sub.filter.page(after=self.position, until=start, limit=READ_PAGE)

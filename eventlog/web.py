@@ -161,11 +161,15 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             _count(request, response, time.perf_counter() - started)
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _count(request: web.Request, response: web.StreamResponse | None, seconds: float) -> None:
     metrics = request.app[EVENT_LOG].metrics
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    metrics.request(route, request.method, seconds)
+    method = request.method if request.method in _METHODS else "OTHER"  # bounded labels
+    metrics.request(route, method, seconds)
     if response is None:
         return  # the client went away, or the server is stopping
     code = response.get(PROBLEM_CODE)

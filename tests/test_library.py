@@ -223,3 +223,45 @@ async def test_execution_and_executions_summarise_the_log(log):
     assert [x.execution_id for x in await log.executions(limit=1)] == [11]
     with pytest.raises(NotFound):
         await log.execution(99)
+
+
+async def test_breaking_out_of_a_subscription_releases_it(log):
+    """A reader that breaks out of the loop, or never iterates, does not stay subscribed."""
+    await log.append(event(13, 1))
+    for _ in range(5):
+        async for _ in log.subscribe(after=0):
+            break
+    log.subscribe(execution_id=13)  # never iterated, dropped at once
+    await asyncio.sleep(0)
+    assert log.hub.subscriber_count == 0
+    async with log.subscribe() as live:
+        assert log.hub.subscriber_count == 1
+        assert live is not None
+    assert log.hub.subscriber_count == 0
+
+
+async def test_subscribing_to_a_closed_log_ends_at_once(dsn):
+    """After close, a new subscription ends instead of waiting for ever."""
+    log = EventLog.open(dsn)
+    await log.start()
+    await log.append(event(14, 1))
+    await log.close()
+    async with asyncio.timeout(5):
+        assert [e async for e in log.subscribe(after=0)] == []
+
+
+async def test_a_batch_with_a_key_refuses_a_non_json_value_like_one_without(log):
+    """Validation comes before the idempotency fingerprint: the same InvalidEnvelope."""
+    bad = [event(15, 1, payload={(1, 2): "x"})]
+    for key in (None, "k-15"):
+        with pytest.raises(InvalidEnvelope):
+            await log.append_batch(bad, idempotency_key=key)
+
+
+async def test_a_payload_nested_past_the_recursion_limit_is_refused_not_a_crash(log):
+    """Python values nested deeper than the interpreter can walk are an InvalidEnvelope."""
+    deep: object = 1
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidEnvelope):
+        await log.append(event(16, 1, payload=deep))

@@ -72,3 +72,13 @@ async def test_a_shared_log_stays_open_for_its_owner_when_the_host_stops(aiohttp
         async with asyncio.timeout(5):
             assert (await anext(live)).step == "c"
         await live.aclose()
+
+
+async def test_the_openapi_document_under_a_mount_names_its_prefix(aiohttp_client, settings):
+    """Mounted at /events, the document lists the same paths, with /events as its server."""
+    root = await aiohttp_client(create_app(settings))
+    alone = await (await root.get("/api/openapi.json")).json()
+    client = await aiohttp_client(host_app(settings))
+    mounted = await (await client.get("/events/api/openapi.json")).json()
+    assert mounted["paths"] and mounted["paths"] == alone["paths"]
+    assert mounted["servers"] == [{"url": "/events"}] and "servers" not in alone

@@ -197,3 +197,48 @@ async def test_redacted_keys_are_never_stored_at_any_depth(aiohttp_client, setti
     assert reply.status == 200
     stored = await (await plain.get("/api/events/78")).json()
     assert stored["payload"]["Password"] == "p"
+
+
+async def test_deep_payloads_under_redaction_and_on_retry_are_never_a_500(aiohttp_client, settings):
+    """A payload nested hundreds deep: redaction either handles it or refuses it with 422, and
+    a retry with the keys in another order (compared value by value) is a duplicate."""
+    redacting = attrs.evolve(settings, redact_keys=["password"])
+    client = await aiohttp_client(create_app(redacting))
+    for depth in (400, 900):
+        nested = "[" * depth + "1" + "]" * depth
+        body = (
+            f'{{"execution_id": "61", "event_id": "{depth}", "event_type": "x", "step": "s", '
+            f'"payload": {{"a": 1, "b": {nested}}}}}'
+        )
+        reply = await client.post(
+            "/api/events", data=body, headers={"Content-Type": "application/json"}
+        )
+        assert reply.status in (200, 422), await reply.text()
+    plain = await aiohttp_client(create_app(settings))
+    nested = "[" * 900 + "1" + "]" * 900
+    first = f'{{"a": 1, "b": {nested}}}'
+    swapped = f'{{"b": {nested}, "a": 1}}'
+    for payload in (first, swapped):
+        body = (
+            '{"execution_id": "62", "event_id": "5", "event_type": "x", "step": "s", '
+            f'"payload": {payload}}}'
+        )
+        reply = await plain.post(
+            "/api/events", data=body, headers={"Content-Type": "application/json"}
+        )
+        assert reply.status == 200, await reply.text()
+    assert (await reply.json())["duplicate"] is True
+
+
+async def test_a_token_that_is_not_utf8_is_403_not_a_500(aiohttp_client, auth_settings):
+    """Header bytes that are not UTF-8 make no valid token: 403, never a crash."""
+    client = await aiohttp_client(create_app(auth_settings))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"GET /api/executions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    head = await reader.readline()
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 403"), head
