@@ -485,8 +485,8 @@ _STREAM = _reply(
     {"type": "string"},
 )
 
-# What today's producers send (CONTRACT §1).
-_ENVELOPE_EXAMPLES = {
+# What today's producers send (CONTRACT §1); the tests send these same bodies.
+CONTRACT_EXAMPLES = {
     "rust_executor": {
         "summary": "Rust executor and worker",
         "value": {
@@ -569,7 +569,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         {
             "required": True,
             "description": "a JSON object; a missing Content-Type is read as JSON",
-            "content": {JSON: {"schema": _schema("Envelope"), "examples": _ENVELOPE_EXAMPLES}},
+            "content": {JSON: {"schema": _schema("Envelope"), "examples": CONTRACT_EXAMPLES}},
         },
     ),
     ("POST", "/api/events/batch"): _Operation(
