@@ -273,12 +273,9 @@ class EventLog:
         """Executions by newest activity first, older than the ``before`` cursor."""
         return await self._reading(lambda: self.store.executions(before, limit))
 
-    async def ping(self) -> None:
-        """Raise DatabaseUnavailable unless the store answers."""
-        await self._reading(self.store.ping)
-
     async def ready(self) -> None:
-        """Raise DatabaseUnavailable unless the store answers and needs no migration."""
+        """Raise DatabaseUnavailable unless the store answers, needs no migration, and this
+        instance holds a live node id."""
         pending = await self._reading(self.store.pending_migrations)
         if not self.ids.live:
             raise DatabaseUnavailable(
