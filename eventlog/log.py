@@ -16,7 +16,7 @@ from .envelope import Envelope, Event
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
 from .nodes import NodeIds
-from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound
+from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound, Problem
 from .storage.base import EventStore, Execution, Page, StoreError, open_store
 from .stream import CutOff, Filter, Hub, Subscription
 
@@ -293,7 +293,7 @@ class EventLog:
             return await call()
         except StoreError as e:
             self.metrics.store_errors.labels("read").inc()
-            raise DatabaseUnavailable(str(e), headers={"Retry-After": "1"}) from e
+            raise _unavailable(e) from e
 
 
 class LiveEvents:
@@ -353,9 +353,14 @@ async def _follow(
                 current[0].close()
                 current[0] = _open(hub, filter, e.last_seq)
             except StoreError as e:
-                raise DatabaseUnavailable(str(e), headers={"Retry-After": "1"}) from e
+                raise _unavailable(e) from e
     finally:
         _close(current)
+
+
+def _unavailable(e: StoreError) -> Problem:
+    """What a reader is told when the store fails."""
+    return DatabaseUnavailable(str(e), headers={"Retry-After": "1"})
 
 
 def _fingerprint(items: list[Any]) -> str:

@@ -69,6 +69,11 @@ class _Subscriber:
     overflowed: bool = False
     ended: bool = False
 
+    def end(self) -> None:
+        """The reader gets what is queued, then the end of its stream."""
+        self.ended = True
+        self.queue.put_nowait([])  # wake it, so it notices
+
 
 class Hub:
     """Follows the store's head and hands new events to subscribers."""
@@ -107,8 +112,7 @@ class Hub:
     def end_streams(self) -> None:
         """End every subscription (at shutdown): each sees the end of its stream."""
         for sub in self._subscribers:
-            sub.ended = True
-            sub.queue.put_nowait([])  # wake it, so it notices
+            sub.end()
         self._subscribers.clear()
 
     async def stop(self) -> None:
@@ -225,8 +229,7 @@ class Subscription:
 
     def end(self) -> None:
         """End the stream: the reader gets what is queued, then the end."""
-        self._sub.ended = True
-        self._sub.queue.put_nowait([])  # wake it, so it notices
+        self._sub.end()
         self.close()
 
     async def __aenter__(self) -> Subscription:
