@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NewType
 
@@ -104,22 +106,27 @@ class Event(NewEvent):
     @classmethod
     def stored(cls, new: NewEvent, seq: int, ingested_at: datetime) -> Event:
         """The stored form of ``new`` once it was given ``seq`` at ``ingested_at``."""
-        return cls(
-            new.execution_id,
-            new.event_id,
-            new.step,
-            new.event_type,
-            new.status,
-            new.payload_json,
-            new.meta_json,
-            new.worker_id,
-            new.result_kind,
-            new.result_uri,
-            new.event_ids,
-            new.actionable,
-            new.informative,
-            new.created_at,
-            new.defaulted,
-            seq,
-            ingested_at,
-        )
+        copy = _COPIERS.get(cls) or _copier(cls)
+        return copy(new, seq, ingested_at)
+
+
+def _copier(cls: type[Event]) -> Callable[[NewEvent, int, datetime], Event]:
+    """Builds ``cls`` from a NewEvent's fields plus seq and ingested_at, positionally (one
+    attrgetter call: this runs once per event written)."""
+    names = [f.name for f in attrs.fields(cls)]
+    at = names.index("seq")
+    if names[at + 1] != "ingested_at":
+        raise TypeError(f"{cls.__name__}: ingested_at must follow seq")
+    before = operator.attrgetter(*names[:at])
+    rest = names[at + 2 :]  # fields a subclass adds after the stored ones
+
+    def copy(new: NewEvent, seq: int, ingested_at: datetime) -> Event:
+        if rest:
+            return cls(*before(new), seq, ingested_at, *[getattr(new, n) for n in rest])
+        return cls(*before(new), seq, ingested_at)
+
+    _COPIERS[cls] = copy
+    return copy
+
+
+_COPIERS: dict[type[Event], Callable[[NewEvent, int, datetime], Event]] = {}

@@ -9,10 +9,9 @@ import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
-import orjson
 
 from ..envelope import Event, NewEvent
 from ..ids import NODE_ID_MAX
@@ -145,30 +144,6 @@ class Migration:
 def pending(backend: str, applied: set[int]) -> list[str]:
     """The labels of the backend's migrations not in ``applied``, in order."""
     return [m.label for m in load_migrations(backend) if m.version not in applied]
-
-
-def event_from_row(row: Sequence[Any], moment: Callable[[Any], datetime]) -> Event:
-    """An Event from a row in the columns' shared order (seq first); ``moment`` turns the
-    backend's timestamp into an aware datetime. event_ids is stored as JSON text."""
-    return Event(
-        seq=row[0],
-        execution_id=row[1],
-        event_id=row[2],
-        step=row[3],
-        event_type=row[4],
-        status=row[5],
-        payload_json=row[6],
-        meta_json=row[7],
-        worker_id=row[8],
-        result_kind=row[9],
-        result_uri=row[10],
-        event_ids=None if row[11] is None else tuple(orjson.loads(row[11])),
-        actionable=bool(row[12]),
-        informative=bool(row[13]),
-        created_at=moment(row[14]),
-        ingested_at=moment(row[15]),
-        defaulted=row[16],
-    )
 
 
 def load_migrations(backend: str) -> list[Migration]:

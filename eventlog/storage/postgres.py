@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
-import orjson
+import attrs
 
 from ..envelope import Event, NewEvent
 from .base import (
@@ -29,37 +30,12 @@ from .base import (
     StoreUnavailable,
     ValueNotStorable,
     choose_node,
-    event_from_row,
     execution_deltas,
     load_migrations,
     lost_claim_message,
     pending,
 )
-
-_COLUMNS = (
-    "seq, execution_id, event_id, step, event_type, status, payload::text, meta::text, "
-    "worker_id, result_kind, result_uri, event_ids::text, actionable, informative, created_at, "
-    "ingested_at, defaulted"
-)
-
-# One statement appends a whole batch from parallel arrays, then moves the head; the head row
-# is already locked by this transaction (see _write()).
-_INSERT = """
-WITH ins AS (
-    INSERT INTO events (seq, execution_id, event_id, step, event_type, status, payload, meta,
-                        worker_id, result_kind, result_uri, event_ids, actionable, informative,
-                        created_at, ingested_at, defaulted)
-    SELECT seq, execution_id, event_id, step, event_type, status, payload::json, meta::json,
-           worker_id, result_kind, result_uri, event_ids::json, actionable, informative,
-           created_at, $16, defaulted
-    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::boolean[], $14::boolean[], $15::timestamptz[], $17::smallint[])
-         AS t(seq, execution_id, event_id, step, event_type, status, payload, meta, worker_id,
-              result_kind, result_uri, event_ids, actionable, informative, created_at, defaulted)
-)
-UPDATE eventlog_head SET last_seq = $18 WHERE id = 1
-"""
+from .columns import EVENTS, Column, EventTable
 
 _MIGRATION_LOCK = 0x6576656E746C6F67  # pg_advisory_lock key: "eventlog" in ASCII
 
@@ -95,14 +71,6 @@ class _QuietPoolFloor(logging.Filter):
 _quiet_pool_floor = _QuietPoolFloor()
 
 
-def _same(moment: datetime) -> datetime:
-    return moment
-
-
-def _event(row: Sequence[Any]) -> Event:
-    return event_from_row(row, _same)
-
-
 @contextlib.contextmanager
 def _translated() -> Any:
     try:
@@ -116,13 +84,6 @@ def _translated() -> Any:
         raise StoreError(f"postgresql: {e}") from e
 
 
-# The common case in one round trip and one implicit transaction: append a group in which no
-# key is stored yet. Moving the head takes its row lock (held to the end of the statement, so
-# seq values are taken in commit order across every instance) and happens only when none of
-# the keys is stored; the insert takes its seq values from the head. If some key is stored,
-# nothing is written and write() decides again in a transaction of its own. The lookup sees the
-# statement's snapshot, which may predate a commit made while this statement waited for the
-# lock; such a key fails the insert with a unique violation, and the same fallback applies.
 _EXECUTION_UPDATE = """
     event_count = executions.event_count + EXCLUDED.event_count,
     first_event_at = LEAST(executions.first_event_at, EXCLUDED.first_event_at),
@@ -141,50 +102,7 @@ ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 _EXECUTION_COLUMNS = (
     "execution_id, event_count, first_event_at, last_event_at, last_event_type, last_seq, status"
 )
-_APPEND_IF_NEW = f"""
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::boolean[], $13::boolean[], $14::timestamptz[],
-                         $15::smallint[]) WITH ORDINALITY
-        AS t(execution_id, event_id, step, event_type, status, payload, meta, worker_id,
-             result_kind, result_uri, event_ids, actionable, informative, created_at,
-             defaulted, ord)
-),
-stored AS (
-    SELECT 1 FROM events e JOIN input i USING (execution_id, event_id) LIMIT 1
-),
-head AS (
-    UPDATE eventlog_head SET last_seq = last_seq + (SELECT count(*) FROM input)
-    WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM stored)
-    RETURNING last_seq - (SELECT count(*) FROM input) AS base, clock_timestamp() AS at
-),
-ins AS (
-    INSERT INTO events (seq, execution_id, event_id, step, event_type, status, payload, meta,
-                        worker_id, result_kind, result_uri, event_ids, actionable, informative,
-                        created_at, ingested_at, defaulted)
-    SELECT head.base + i.ord, i.execution_id, i.event_id, i.step, i.event_type, i.status,
-           i.payload::json, i.meta::json, i.worker_id, i.result_kind, i.result_uri,
-           i.event_ids::json, i.actionable, i.informative, i.created_at, head.at, i.defaulted
-    FROM input i, head
-),
-executions_up AS (
-    INSERT INTO executions (execution_id, event_count, first_event_at, last_event_at,
-                            last_event_type, last_seq, status)
-    SELECT d.execution_id, d.count, d.first_at, d.last_at, d.last_type, head.base + d.last_index,
-           d.status
-    FROM unnest($16::bigint[], $17::bigint[], $18::timestamptz[], $19::timestamptz[],
-                $20::text[], $21::bigint[], $22::text[])
-         AS d(execution_id, count, first_at, last_at, last_type, last_index, status), head
-    ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
-)
-SELECT base, at, pg_notify('eventlog', base::text) FROM head
-"""
 _LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
-_FIND = (
-    f"SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
-    "(SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
-)
 _FIND_KEYS = (
     "SELECT key, fingerprint, outcome::text, created_at, expires_at "
     "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
@@ -197,27 +115,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamp
 ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, outcome = EXCLUDED.outcome,
     created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
 """
-
-
-def _column_args(events: Sequence[NewEvent]) -> list[list[Any]]:
-    """The events' columns as parallel arrays, in _APPEND_IF_NEW's order."""
-    return [
-        [e.execution_id for e in events],
-        [e.event_id for e in events],
-        [e.step for e in events],
-        [e.event_type for e in events],
-        [e.status for e in events],
-        [e.payload_json for e in events],
-        [e.meta_json for e in events],
-        [e.worker_id for e in events],
-        [e.result_kind for e in events],
-        [e.result_uri for e in events],
-        [None if e.event_ids is None else orjson.dumps(e.event_ids).decode() for e in events],
-        [e.actionable for e in events],
-        [e.informative for e in events],
-        [e.created_at for e in events],
-        [e.defaulted for e in events],
-    ]
 
 
 def _delta_args(events: Sequence[NewEvent], base: int) -> list[list[Any]]:
@@ -234,33 +131,114 @@ def _delta_args(events: Sequence[NewEvent], base: int) -> list[list[Any]]:
     ]
 
 
-def _insert_args(stored: list[Event], now: datetime, head: int) -> list[Any]:
-    return [
-        [e.seq for e in stored],
-        [e.execution_id for e in stored],
-        [e.event_id for e in stored],
-        [e.step for e in stored],
-        [e.event_type for e in stored],
-        [e.status for e in stored],
-        [e.payload_json for e in stored],
-        [e.meta_json for e in stored],
-        [e.worker_id for e in stored],
-        [e.result_kind for e in stored],
-        [e.result_uri for e in stored],
-        [None if e.event_ids is None else orjson.dumps(e.event_ids).decode() for e in stored],
-        [e.actionable for e in stored],
-        [e.informative for e in stored],
-        [e.created_at for e in stored],
-        now,
-        [e.defaulted for e in stored],
-        head,
-    ]
+def _array_type(column: Column) -> str:
+    # json travels as JSON text (an asyncpg json codec in text format breaks COPY, and costs a
+    # parse per value).
+    return "text" if column.postgres == "json" else column.postgres
+
+
+def _selected(column: Column) -> str:
+    return f"{column.name}::text AS {column.name}" if column.postgres == "json" else column.name
+
+
+def _value(column: Column) -> str:
+    return f"i.{column.name}::json" if column.postgres == "json" else f"i.{column.name}"
+
+
+@attrs.frozen
+class _EventSql:
+    """The statements and row conversions of one EventTable, built from its columns. Both
+    appending statements take the NewEvent columns as parallel arrays first ($1 … $n)."""
+
+    columns: str  # the select list
+    append_if_new: str
+    insert: str
+    find: str
+    arrays: Callable[[Sequence[NewEvent]], list[Sequence[Any]]]
+    event: Callable[[Mapping[str, Any]], Event]
+
+
+_DELTA_TYPES = ("bigint", "bigint", "timestamptz", "timestamptz", "text", "bigint", "text")
+
+
+@functools.cache
+def _event_sql(table: EventTable) -> _EventSql:
+    """Built once per table."""
+    new = table.new
+    n = len(new)
+    arrays = ", ".join(f"${i}::{_array_type(c)}[]" for i, c in enumerate(new, 1))
+    unnest = f"unnest({arrays}) WITH ORDINALITY AS i({', '.join(c.name for c in new)}, ord)"
+    insert_into = f"INSERT INTO events (seq, {', '.join(c.name for c in new)}, ingested_at)"
+    values = ", ".join(_value(c) for c in new)
+    deltas = ", ".join(f"${n + i}::{t}[]" for i, t in enumerate(_DELTA_TYPES, 1))
+    columns = ", ".join(_selected(c) for c in table.columns)
+    encode = table.encoder(new, {})
+
+    def parallel(events: Sequence[NewEvent]) -> list[Sequence[Any]]:
+        return list(zip(*map(encode, events), strict=True))
+
+    return _EventSql(
+        columns=columns,
+        # The common case in one round trip and one implicit transaction: append a group in
+        # which no key is stored yet. Moving the head takes its row lock (held to the end of
+        # the statement, so seq values are taken in commit order across every instance) and
+        # happens only when none of the keys is stored; the insert takes its seq values from
+        # the head. If some key is stored, nothing is written and write() decides again in a
+        # transaction of its own. The lookup sees the statement's snapshot, which may predate
+        # a commit made while this statement waited for the lock; such a key fails the insert
+        # with a unique violation, and the same fallback applies.
+        append_if_new=f"""
+WITH input AS (
+    SELECT * FROM {unnest}
+),
+stored AS (
+    SELECT 1 FROM events e JOIN input i USING (execution_id, event_id) LIMIT 1
+),
+head AS (
+    UPDATE eventlog_head SET last_seq = last_seq + (SELECT count(*) FROM input)
+    WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM stored)
+    RETURNING last_seq - (SELECT count(*) FROM input) AS base, clock_timestamp() AS at
+),
+ins AS (
+    {insert_into}
+    SELECT head.base + i.ord, {values}, head.at
+    FROM input i, head
+),
+executions_up AS (
+    INSERT INTO executions (execution_id, event_count, first_event_at, last_event_at,
+                            last_event_type, last_seq, status)
+    SELECT d.execution_id, d.count, d.first_at, d.last_at, d.last_type, head.base + d.last_index,
+           d.status
+    FROM unnest({deltas})
+         AS d(execution_id, count, first_at, last_at, last_type, last_index, status), head
+    ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
+)
+SELECT base, at, pg_notify('eventlog', base::text) FROM head
+""",
+        # The general case, with the head's row already locked by this transaction (see
+        # _write()): seq values follow ${n + 1}, ingested_at is ${n + 2}, the head moves to ${n + 3}.
+        insert=f"""
+WITH ins AS (
+    {insert_into}
+    SELECT ${n + 1} + i.ord, {values}, ${n + 2}
+    FROM {unnest}
+)
+UPDATE eventlog_head SET last_seq = ${n + 3} WHERE id = 1
+""",
+        find=(
+            f"SELECT {columns} FROM events WHERE (execution_id, event_id) IN "
+            "(SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
+        ),
+        arrays=parallel,
+        event=table.decoder({}),
+    )
 
 
 class PostgresStore(EventStore):
     """Events in PostgreSQL through an asyncpg pool."""
 
     backend = "postgres"
+    events_table: ClassVar[EventTable] = EVENTS
 
     def __init__(
         self,
@@ -272,6 +250,7 @@ class PostgresStore(EventStore):
         command_timeout: float = 30.0,
     ) -> None:
         self.dsn = dsn
+        self._sql = _event_sql(self.events_table)
         self._pool_min = pool_min
         self._pool_max = pool_max
         self._connect_timeout = connect_timeout
@@ -408,16 +387,17 @@ class PostgresStore(EventStore):
                     if plan.events and not plan.records:
                         try:
                             row = await conn.fetchrow(
-                                _APPEND_IF_NEW,
-                                *_column_args(plan.events),
+                                self._sql.append_if_new,
+                                *self._sql.arrays(plan.events),
                                 *_delta_args(plan.events, 0),
                             )
                         except asyncpg.UniqueViolationError:
                             row = None
                         if row is not None and row[0] is not None:
                             base, at = row[0], row[1]  # at: the clock once the lock was held
+                            model = self.events_table.model
                             return [
-                                Event.stored(e, base + i, at) for i, e in enumerate(plan.events, 1)
+                                model.stored(e, base + i, at) for i, e in enumerate(plan.events, 1)
                             ]
                 return await self._write(conn, keys, idempotency_keys, now, decide)
 
@@ -433,17 +413,21 @@ class PostgresStore(EventStore):
         executions, event_ids = [k[0] for k in keys], [k[1] for k in keys]
         async with conn.transaction():
             head = await conn.fetchval(_LOCK)
-            found = await conn.fetch(_FIND, executions, event_ids) if keys else []
-            existing = {(r[1], r[2]): _event(r) for r in found}
+            sql = self._sql
+            found = await conn.fetch(sql.find, executions, event_ids) if keys else []
+            existing = {(r["execution_id"], r["event_id"]): sql.event(r) for r in found}
             records: dict[str, IdempotencyRecord] = {}
             if idempotency_keys:
                 found = await conn.fetch(_FIND_KEYS, list(idempotency_keys), now)
                 records = {r[0]: IdempotencyRecord(*r) for r in found}
             plan = decide(existing, records)
             at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
-            stored = [Event.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
+            model = self.events_table.model
+            stored = [model.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
             if stored:
-                await conn.execute(_INSERT, *_insert_args(stored, at, head + len(stored)))
+                await conn.execute(
+                    sql.insert, *sql.arrays(plan.events), head, at, head + len(stored)
+                )
                 await conn.execute(_UPSERT_EXECUTIONS, *_delta_args(plan.events, head))
                 await conn.execute("SELECT pg_notify('eventlog', $1)", str(head + len(stored)))
             if plan.records:
@@ -470,14 +454,14 @@ class PostgresStore(EventStore):
         return None if row is None else IdempotencyRecord(*row)
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:
-        sql = f"SELECT {_COLUMNS} FROM events WHERE event_id = $1"
+        sql = f"SELECT {self._sql.columns} FROM events WHERE event_id = $1"
         args: tuple[int, ...] = (event_id,)
         if execution_id is not None:
             sql += " AND execution_id = $2"
             args += (execution_id,)
         with _translated():
             row = await self.pool.fetchrow(sql + " ORDER BY seq LIMIT 1", *args)
-        return None if row is None else _event(row)
+        return None if row is None else self._sql.event(row)
 
     async def page(self, page: Page) -> list[Event]:
         conditions = page.conditions()
@@ -488,12 +472,12 @@ class PostgresStore(EventStore):
         order = "DESC" if page.descending else "ASC"
         with _translated():
             rows = await self.pool.fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq {order} "
+                f"SELECT {self._sql.columns} FROM events WHERE {where} ORDER BY seq {order} "
                 f"LIMIT ${len(conditions) + 1}",
                 *(value for _, _, value in conditions),
                 page.limit,
             )
-        return [_event(r) for r in rows]
+        return [self._sql.event(r) for r in rows]
 
     async def head(self) -> int:
         with _translated():

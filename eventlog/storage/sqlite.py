@@ -9,13 +9,14 @@ import os
 import resource
 import shutil
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
+import attrs
 import orjson
 
 from ..envelope import Event
@@ -33,21 +34,15 @@ from .base import (
     StoreError,
     StoreUnavailable,
     choose_node,
-    event_from_row,
     execution_deltas,
     load_migrations,
     lost_claim_message,
     pending,
 )
+from .columns import EVENTS, EventTable
 
 T = TypeVar("T")
 
-_COLUMNS = (
-    "seq, execution_id, event_id, step, event_type, status, payload, meta, worker_id, "
-    "result_kind, result_uri, event_ids, actionable, informative, created_at, ingested_at, "
-    "defaulted"
-)
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES {{rows}}"
 _ROWS_PER_INSERT = 1000  # 17,000 parameters: under SQLite's limit of 32,766
 
 
@@ -56,7 +51,7 @@ def _values_sql(template: str, width: int, count: int) -> str:
     return template.format(rows=", ".join(["(" + ", ".join("?" * width) + ")"] * count))
 
 
-def _many(db: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
+def _many(db: sqlite3.Connection, template: str, rows: Sequence[Sequence[Any]]) -> None:
     """Run an INSERT over rows with one statement per thousand: one sqlite3 step (one release
     of the GIL) each, where executemany steps (and gives up and retakes the GIL) once per row."""
     for start in range(0, len(rows), _ROWS_PER_INSERT):
@@ -79,29 +74,37 @@ def _moment(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-def _event(row: Sequence[Any]) -> Event:
-    return event_from_row(row, _moment)
+# Timestamps are stored as integer microseconds; booleans bind as 0/1 by themselves.
+_ENCODERS = {datetime: _micros}
+_DECODERS = {datetime: _moment, bool: bool}
 
 
-def _row(event: Event, ingested_at: int) -> tuple[Any, ...]:
-    return (
-        event.seq,
-        event.execution_id,
-        event.event_id,
-        event.step,
-        event.event_type,
-        event.status,
-        event.payload_json,
-        event.meta_json,
-        event.worker_id,
-        event.result_kind,
-        event.result_uri,
-        None if event.event_ids is None else orjson.dumps(event.event_ids).decode(),
-        int(event.actionable),
-        int(event.informative),
-        _micros(event.created_at),
-        ingested_at,
-        event.defaulted,
+@attrs.frozen
+class _EventSql:
+    """The statements and row conversions of one EventTable, built from its columns."""
+
+    columns: str
+    insert: str  # a template: {rows} takes the VALUES tuples
+    head_and_find: str  # the head of the log and the stored events among the keys
+    row: Callable[[Event], list[Any]]
+    event: Callable[[Mapping[str, Any]], Event]
+
+
+@functools.cache
+def _event_sql(table: EventTable) -> _EventSql:
+    """Built once per table."""
+    columns = ", ".join(table.names)
+    return _EventSql(
+        columns=columns,
+        insert=f"INSERT INTO events ({columns}) VALUES {{rows}}",
+        head_and_find=(
+            "SELECT h.head, e.* FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM events) h "
+            f"LEFT JOIN (SELECT {columns} FROM events WHERE (execution_id, event_id) IN "
+            "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            "FROM json_each(?))) e"
+        ),
+        row=table.encoder(table.columns, _ENCODERS),
+        event=table.decoder(_DECODERS),
     )
 
 
@@ -149,12 +152,6 @@ def _unwritable(path: Path, e: sqlite3.Error) -> StoreError:
     return StoreError(message)
 
 
-# The head of the log and the stored events among the keys, in one statement.
-_HEAD_AND_FIND = (
-    f"SELECT h.head, e.* FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM events) h "
-    f"LEFT JOIN (SELECT {_COLUMNS} FROM events WHERE (execution_id, event_id) IN "
-    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))) e"
-)
 _FIND_KEYS = (
     "SELECT key, fingerprint, outcome, created_at, expires_at FROM idempotency_keys "
     "WHERE key IN (SELECT value FROM json_each(?)) AND expires_at > ?"
@@ -198,6 +195,7 @@ class SqliteStore(EventStore):
     """
 
     backend = "sqlite"
+    events_table: ClassVar[EventTable] = EVENTS
 
     def __init__(self, dsn: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000):
         if not dsn.startswith("sqlite:///"):
@@ -209,6 +207,7 @@ class SqliteStore(EventStore):
         if self._synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self._busy_timeout_ms = busy_timeout_ms
+        self._sql = _event_sql(self.events_table)
         self._thread: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -222,6 +221,7 @@ class SqliteStore(EventStore):
 
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row  # rows are read by column name
         for pragma in self._pragmas():
             db.execute(pragma)
         return db
@@ -241,6 +241,7 @@ class SqliteStore(EventStore):
             loop = asyncio.get_running_loop()
             self._writer = await loop.run_in_executor(self._thread, self._connect_writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
             for pragma in self._pragmas():
                 await self._reader.execute(pragma)
         except (sqlite3.Error, OSError) as e:
@@ -289,9 +290,14 @@ class SqliteStore(EventStore):
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
         with self._immediate() as db:
-            rows = db.execute(_HEAD_AND_FIND, (orjson.dumps(list(keys)).decode(),)).fetchall()
-            head = rows[0][0]
-            existing = {(r[2], r[3]): _event(r[1:]) for r in rows if r[1] is not None}
+            sql = self._sql
+            rows = db.execute(sql.head_and_find, (orjson.dumps(list(keys)).decode(),)).fetchall()
+            head = rows[0]["head"]
+            existing = {
+                (r["execution_id"], r["event_id"]): sql.event(r)
+                for r in rows
+                if r["seq"] is not None
+            }
             records: dict[str, IdempotencyRecord] = {}
             if idempotency_keys:
                 found = db.execute(
@@ -302,9 +308,9 @@ class SqliteStore(EventStore):
             stored: list[Event] = []
             if plan.events:
                 at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
-                stored = [Event.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
-                ingested_at = _micros(at)
-                _many(db, _INSERT, [_row(e, ingested_at) for e in stored])
+                model = self.events_table.model
+                stored = [model.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
+                _many(db, sql.insert, [sql.row(e) for e in stored])
                 _many(
                     db,
                     _UPSERT_EXECUTIONS,
@@ -399,7 +405,7 @@ class SqliteStore(EventStore):
         return None if row is None else _record(row)
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:
-        sql = f"SELECT {_COLUMNS} FROM events WHERE event_id = ?"
+        sql = f"SELECT {self._sql.columns} FROM events WHERE event_id = ?"
         args: tuple[int, ...] = (event_id,)
         if execution_id is not None:
             sql += " AND execution_id = ?"
@@ -407,7 +413,7 @@ class SqliteStore(EventStore):
         with _translated():
             cursor = await self._r.execute(sql + " ORDER BY seq LIMIT 1", args)
             row = await cursor.fetchone()
-        return None if row is None else _event(row)
+        return None if row is None else self._sql.event(row)
 
     async def page(self, page: Page) -> list[Event]:
         where = " AND ".join(f"{column} {op} ?" for column, op, _ in page.conditions()) or "1"
@@ -415,11 +421,11 @@ class SqliteStore(EventStore):
         order = "DESC" if page.descending else "ASC"
         with _translated():
             cursor = await self._r.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq {order} LIMIT ?",
+                f"SELECT {self._sql.columns} FROM events WHERE {where} ORDER BY seq {order} LIMIT ?",
                 (*args, page.limit),
             )
             rows = await cursor.fetchall()
-        return [_event(r) for r in rows]
+        return [self._sql.event(r) for r in rows]
 
     async def head(self) -> int:
         with _translated():
