@@ -119,11 +119,12 @@ def _copier(cls: type[Event]) -> Callable[[NewEvent, int, datetime], Event]:
         raise TypeError(f"{cls.__name__}: ingested_at must follow seq")
     before = operator.attrgetter(*names[:at])
     rest = names[at + 2 :]  # fields a subclass adds after the stored ones
+    make: Callable[..., Event] = cls
 
     def copy(new: NewEvent, seq: int, ingested_at: datetime) -> Event:
         if rest:
-            return cls(*before(new), seq, ingested_at, *[getattr(new, n) for n in rest])
-        return cls(*before(new), seq, ingested_at)
+            return make(*before(new), seq, ingested_at, *[getattr(new, n) for n in rest])
+        return make(*before(new), seq, ingested_at)
 
     _COPIERS[cls] = copy
     return copy

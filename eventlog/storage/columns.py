@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import orjson
@@ -87,6 +87,12 @@ SHARED_DECODERS: dict[Any, Callable[[Any], Any]] = {IdTuple: _ids_from_json}
 Codecs = Mapping[Any, Callable[[Any], Any]]
 
 
+class Row(Protocol):
+    """A row as the drivers return it (sqlite3.Row, asyncpg.Record): values by column name."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
 @attrs.frozen
 class EventTable:
     """The events table as one backend sees it: the columns, the model rows are read into, and
@@ -121,12 +127,12 @@ class EventTable:
 
         return encode
 
-    def decoder(self, codecs: Codecs) -> Callable[[Mapping[str, Any]], Event]:
+    def decoder(self, codecs: Codecs) -> Callable[[Row], Event]:
         """A function from a row (read by column name) to the model."""
         steps = [(c.attr, c.name, _codec(c, codecs, SHARED_DECODERS)) for c in self.columns]
         model = self.model
 
-        def decode(row: Mapping[str, Any]) -> Event:
+        def decode(row: Row) -> Event:
             values = {}
             for attr, name, f in steps:
                 value = row[name]

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -35,7 +35,7 @@ from .base import (
     lost_claim_message,
     pending,
 )
-from .columns import EVENTS, Column, EventTable
+from .columns import EVENTS, Column, EventTable, Row
 
 _MIGRATION_LOCK = 0x6576656E746C6F67  # pg_advisory_lock key: "eventlog" in ASCII
 
@@ -155,7 +155,7 @@ class _EventSql:
     insert: str
     find: str
     arrays: Callable[[Sequence[NewEvent]], list[Sequence[Any]]]
-    event: Callable[[Mapping[str, Any]], Event]
+    event: Callable[[Row], Event]
 
 
 _DELTA_TYPES = ("bigint", "bigint", "timestamptz", "timestamptz", "text", "bigint", "text")

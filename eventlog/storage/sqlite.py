@@ -9,7 +9,7 @@ import os
 import resource
 import shutil
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +39,7 @@ from .base import (
     lost_claim_message,
     pending,
 )
-from .columns import EVENTS, EventTable
+from .columns import EVENTS, EventTable, Row
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ def _moment(micros: int) -> datetime:
 
 # Timestamps are stored as integer microseconds; booleans bind as 0/1 by themselves.
 _ENCODERS = {datetime: _micros}
-_DECODERS = {datetime: _moment, bool: bool}
+_DECODERS: dict[Any, Callable[[Any], Any]] = {datetime: _moment, bool: bool}
 
 
 @attrs.frozen
@@ -87,7 +87,7 @@ class _EventSql:
     insert: str  # a template: {rows} takes the VALUES tuples
     head_and_find: str  # the head of the log and the stored events among the keys
     row: Callable[[Event], list[Any]]
-    event: Callable[[Mapping[str, Any]], Event]
+    event: Callable[[Row], Event]
 
 
 @functools.cache
