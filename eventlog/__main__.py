@@ -18,7 +18,8 @@ from . import logs, tools
 from .config import ConfigError, Settings, load_settings
 from .ids import decode
 from .problems import Problem
-from .storage.base import StoreError, open_store
+from .storage.base import StoreError
+from .storage.registry import store_from_settings
 
 log = logging.getLogger("eventlog")
 
@@ -182,7 +183,7 @@ async def _drain(runner: web.AppRunner, streams: set[Any], seconds: float) -> in
 
 async def _migrate(settings: Settings) -> int:
     try:
-        async with open_store(settings.dsn, **settings.store_options()) as store:
+        async with store_from_settings(settings) as store:
             applied = await store.migrate()
     except StoreError as e:
         log.error("cannot migrate: %s", e)

@@ -12,6 +12,7 @@ import attrs
 from cattrs.errors import ClassValidationError
 
 from .codec import converter
+from .storage.registry import store_class
 
 
 class ConfigError(Exception):
@@ -86,17 +87,6 @@ class Settings:
         """Whether requests need a bearer token."""
         return bool(self.write_tokens or self.read_tokens)
 
-    def store_options(self) -> dict[str, Any]:
-        """Keyword arguments for the backend the DSN names."""
-        if self.dsn.startswith("sqlite:"):
-            return {"synchronous": self.sqlite_synchronous}
-        return {
-            "pool_min": self.pg_pool_min,
-            "pool_max": self.pg_pool_max,
-            "connect_timeout": self.db_connect_timeout,
-            "command_timeout": self.db_command_timeout,
-        }
-
 
 FIELDS = {a.name: a for a in attrs.fields(Settings)}
 # Resolved once: cattrs later replaces the string annotations on the class itself.
@@ -167,8 +157,10 @@ def load_settings(
         raise ConfigError(str(e)) from None
     if settings.pg_pool_min > settings.pg_pool_max:
         raise ConfigError("pg_pool_min must not exceed pg_pool_max")
-    if not settings.dsn.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(f"dsn must be sqlite:///path or postgresql://…, not {settings.dsn!r}")
+    try:
+        store_class(settings.dsn)
+    except ValueError as e:
+        raise ConfigError(f"dsn {settings.dsn!r}: {e}") from None
     return settings
 
 

@@ -17,7 +17,8 @@ from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
 from .nodes import NodeIds
 from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound, Problem
-from .storage.base import EventStore, Execution, Page, StoreError, open_store
+from .storage.base import EventStore, Execution, Page, StoreError
+from .storage.registry import store_from_settings
 from .stream import CutOff, Filter, Hub, Subscription
 
 log = logging.getLogger("eventlog")
@@ -45,7 +46,7 @@ class EventLog:
 
     def __init__(self, settings: Settings, *, store: EventStore | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.dsn, **settings.store_options())
+        self.store = store or store_from_settings(settings)
         self.ids = NodeIds(self.store, settings.node_id, lease=settings.node_lease)
         self.hub = Hub(
             self.store,

@@ -13,7 +13,8 @@ from .codec import converter, dumps, loads, structure_batch
 from .config import Settings
 from .log import EventLog
 from .problems import Problem
-from .storage.base import Page, open_store
+from .storage.base import Page
+from .storage.registry import store_from_settings
 
 log = logging.getLogger("eventlog")
 
@@ -56,7 +57,7 @@ async def tail(
 async def export(settings: Settings, execution_id: int | None, out: IO[bytes]) -> int:
     """Write every event (of one execution, or all) as canonical NDJSON, in seq order."""
     count, after = 0, 0
-    async with open_store(settings.dsn, **settings.store_options()) as store:
+    async with store_from_settings(settings) as store:
         while True:
             events = await store.page(Page(execution_id=execution_id, after=after, limit=CHUNK))
             out.write(b"".join(orjson.dumps(converter.unstructure(e)) + b"\n" for e in events))

@@ -108,7 +108,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
 
 
-BACKENDS = ["sqlite", "postgres"]
+# Stores of other backends to run the store-backed tests against: DSN templates, separated by
+# whitespace, in which {tmp_path} is the test's own directory and {unique} a fresh name, e.g.
+# EVENTLOG_TEST_STORES='mydb://localhost/{unique}' with the module that registers "mydb"
+# loaded as a plugin (pytest -p mypackage.eventlog_store).
+OTHER_STORES = os.environ.get("EVENTLOG_TEST_STORES", "").split()
+BACKENDS = ["sqlite", "postgres", *OTHER_STORES]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -132,6 +137,9 @@ async def dsn(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     """A DSN for an empty store of the test's backend, removed after the test."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path}/events.db"
+        return
+    if backend != "postgres":
+        yield backend.format(tmp_path=tmp_path, unique=f"t_{secrets.token_hex(6)}")
         return
     schema = f"t_{secrets.token_hex(6)}"
     conn = await asyncpg.connect(_PG.dsn)

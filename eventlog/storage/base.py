@@ -9,12 +9,15 @@ import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import attrs
 
 from ..envelope import Event, NewEvent
 from ..ids import NODE_ID_MAX
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 Key = tuple[int, int]  # (execution_id, event_id)
 
@@ -349,6 +352,11 @@ class EventStore(abc.ABC):
         """Call ``callback`` when another process commits events (where the database can tell;
         readers poll as well, so a missed call only delays)."""
 
+    @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The store for ``settings.dsn``, with the settings that concern this backend."""
+
     async def __aenter__(self) -> EventStore:
         await self.open()
         return self
@@ -377,17 +385,3 @@ class EventStore(abc.ABC):
     async def release_node(self, holder: NodeHolder, node_id: int, last_ms: int) -> None:
         """Free ``holder``'s claim, leaving ``last_ms`` (the latest Unix ms of an id it minted)
         as the floor of the next holder; nothing happens when the claim is no longer its own."""
-
-
-def open_store(dsn: str, **options: object) -> EventStore:
-    """The backend the DSN's scheme names (``sqlite:///path`` or ``postgresql://…``)."""
-    scheme = dsn.partition(":")[0].lower()
-    if scheme == "sqlite":
-        from .sqlite import SqliteStore
-
-        return SqliteStore(dsn, **options)  # type: ignore[arg-type]
-    if scheme in ("postgresql", "postgres"):
-        from .postgres import PostgresStore
-
-        return PostgresStore(dsn, **options)  # type: ignore[arg-type]
-    raise ValueError(f"unsupported DSN scheme {scheme!r}: use sqlite:///path or postgresql://…")

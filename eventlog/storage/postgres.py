@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import asyncpg
 import attrs
@@ -36,6 +36,9 @@ from .base import (
     pending,
 )
 from .columns import EVENTS, Column, EventTable, Row
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 _MIGRATION_LOCK = 0x6576656E746C6F67  # pg_advisory_lock key: "eventlog" in ASCII
 
@@ -259,6 +262,16 @@ class PostgresStore(EventStore):
         self._listener: asyncpg.Connection | None = None
         self._on_notify: Callable[[], None] | None = None
         self._relisten: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PostgresStore:
+        return cls(
+            settings.dsn,
+            pool_min=settings.pg_pool_min,
+            pool_max=settings.pg_pool_max,
+            connect_timeout=settings.db_connect_timeout,
+            command_timeout=settings.db_command_timeout,
+        )
 
     async def open(self) -> None:
         logging.getLogger("asyncpg.pool").addFilter(_quiet_pool_floor)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import aiosqlite
 import attrs
@@ -40,6 +40,9 @@ from .base import (
     pending,
 )
 from .columns import EVENTS, EventTable, Row
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 T = TypeVar("T")
 
@@ -211,6 +214,10 @@ class SqliteStore(EventStore):
         self._thread: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteStore:
+        return cls(settings.dsn, synchronous=settings.sqlite_synchronous)
 
     def _pragmas(self) -> list[str]:
         return [

@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from eventlog.log import EventLog
-from eventlog.storage.base import open_store
+from eventlog.storage.registry import store_from_settings
 from eventlog.web import create_app
 
 from .test_errors import problem, slowed
@@ -327,7 +327,7 @@ async def test_ndjson_is_refused_on_the_single_event_route(client):
 async def test_concurrent_requests_share_transactions(aiohttp_client, settings):
     """Forty concurrent requests before a slow store are committed in far fewer transactions."""
     count: list[int] = []
-    store = slowed(open_store(settings.dsn, **settings.store_options()), 0.02, count)
+    store = slowed(store_from_settings(settings), 0.02, count)
     client = await aiohttp_client(create_app(settings, event_log=EventLog(settings, store=store)))
     count.clear()  # migrations and start-up purge
     replies = await asyncio.gather(
@@ -343,7 +343,7 @@ async def test_overloaded_batches_get_503_and_acknowledged_ones_are_stored(
 ):
     """A queue bound of 5 events before a slow store: batches beyond it get 503, none is lost."""
     tight = attrs.evolve(settings, writer_queue_events=5, writer_max_batch=5)
-    store = slowed(open_store(tight.dsn, **tight.store_options()), 0.05)
+    store = slowed(store_from_settings(tight), 0.05)
     client = await aiohttp_client(create_app(tight, event_log=EventLog(tight, store=store)))
     batches = [[envelope(10 * b + i) for i in range(3)] for b in range(12)]
     replies = await asyncio.gather(*(client.post("/api/events/batch", json=b) for b in batches))

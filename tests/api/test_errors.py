@@ -15,7 +15,7 @@ import pytest
 
 from eventlog.config import Settings
 from eventlog.log import EventLog
-from eventlog.storage.base import open_store
+from eventlog.storage.registry import store_from_settings
 from eventlog.web import create_app
 
 from .helpers import CONTRACT_BODIES
@@ -173,7 +173,7 @@ def slowed(store, delay, calls=None):
 async def test_full_writer_queue_is_503_overloaded_and_loses_nothing(aiohttp_client, settings):
     """A tiny queue before a slow store: some writes get 503 + Retry-After; every 200 is stored."""
     tight = attrs.evolve(settings, writer_queue_events=2, writer_max_batch=1)
-    store = slowed(open_store(tight.dsn, **tight.store_options()), 0.05)
+    store = slowed(store_from_settings(tight), 0.05)
     client = await aiohttp_client(create_app(tight, event_log=EventLog(tight, store=store)))
     bodies = [{**MINIMAL, "event_id": str(i + 1)} for i in range(30)]
     replies = await asyncio.gather(*(client.post("/api/events", json=b) for b in bodies))

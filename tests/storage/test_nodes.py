@@ -20,8 +20,8 @@ from eventlog.storage.base import (
     NodeClaimLost,
     NodeHolder,
     NodeIdUnavailable,
-    open_store,
 )
+from eventlog.storage.registry import open_store
 
 LEASE = 30.0
 SHORT = 0.4  # a lease the tests outlive on purpose

@@ -7,7 +7,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from eventlog.storage.base import WritePlan, open_store
+from eventlog.storage.base import WritePlan
+from eventlog.storage.registry import open_store
 
 from .test_contract import NOW, new_event
 
