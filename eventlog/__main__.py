@@ -95,7 +95,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
-    from .web import EVENT_LOG, SERVICE, STREAMS, create_app
+    from .typedefs import EVENT_LOG, SERVICE, STREAMS
+    from .web import create_app
 
     app = create_app(settings)
     # The drain comes out of the shutdown budget; what is left bounds the in-flight handlers

@@ -30,6 +30,7 @@ from .envelope import (
     RESULT_KINDS,
     Envelope,
     Event,
+    Execution,
     ExecutionId,
     Id64,
     IdList,
@@ -44,7 +45,6 @@ from .envelope import (
 from .ids import MAX_ID
 from .problems import EmptyBody, FieldError, InvalidEnvelope, InvalidJson
 from .status import normalise_status
-from .storage.base import Execution
 
 # Legacy producers' names for three fields: alias -> canonical.
 ALIASES = {"name": "event_type", "node_name": "step", "context": "payload"}
@@ -56,6 +56,11 @@ ALIASES = {"name": "event_type", "node_name": "step", "context": "payload"}
 # that could be one (twenty digits, or a minus and nineteen) goes through the standard library
 # instead, which keeps every integer exact. (Mapping every digit to 0 and searching for runs of
 # zeros is ten times faster than a regex here.)
+# What HTTP requests may carry besides envelopes (web.py enforces, openapi.py describes).
+MAX_PAGE = 1000  # events or executions per page
+NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")  # media types
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # the Idempotency-Key header
+
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TWENTY_DIGITS = b"0" * 20
 _NEGATIVE_NINETEEN = b"-" + b"0" * 19
@@ -154,7 +159,7 @@ def same_json(a: Any, b: Any) -> bool:
 # --- strict structuring hooks -------------------------------------------------------------
 
 _DIGITS = re.compile(r"[0-9]{1,40}")
-_RFC3339 = re.compile(
+RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 
@@ -201,7 +206,7 @@ def _status(value: Any, _: Any) -> str:
 
 
 def _timestamp(value: Any, _: Any) -> datetime:
-    if type(value) is not str or not _RFC3339.fullmatch(value):
+    if type(value) is not str or not RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 timestamp with an offset, like 2026-05-31T10:00:00Z")
     try:
         # fromisoformat wants upper-case T and Z; digits past microseconds are dropped.
@@ -486,7 +491,7 @@ def structure_python(items: list[Any], *, single: bool = False) -> list[Envelope
 
 
 @attrs.frozen
-class _BatchHeader:
+class BatchHeader:
     """The NoETL batch object's own fields; its items inherit them."""
 
     execution_id: ExecutionId | None = None
@@ -507,7 +512,7 @@ def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelo
         items = data.get("events")
         try:
             header = converter.structure(
-                {k: data[k] for k in ("execution_id", "worker_id") if k in data}, _BatchHeader
+                {k: data[k] for k in ("execution_id", "worker_id") if k in data}, BatchHeader
             )
             inherited = {k: v for k, v in attrs.asdict(header).items() if v is not None}
         except ClassValidationError as exc:

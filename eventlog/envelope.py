@@ -110,6 +110,19 @@ class Event(NewEvent):
         return copy(new, seq, ingested_at)
 
 
+@attrs.frozen
+class Execution:
+    """One execution at a glance, kept up to date by every write."""
+
+    execution_id: int
+    event_count: int
+    first_event_at: datetime
+    last_event_at: datetime
+    last_event_type: str
+    last_seq: int
+    status: str
+
+
 def _copier(cls: type[Event]) -> Callable[[NewEvent, int, datetime], Event]:
     """Builds ``cls`` from a NewEvent's fields plus seq and ingested_at, positionally (one
     attrgetter call: this runs once per event written)."""

@@ -12,12 +12,12 @@ import attrs
 
 from .codec import dumps, redact, structure_python, wire_form
 from .config import Settings, make_settings
-from .envelope import Envelope, Event
+from .envelope import Envelope, Event, Execution
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
 from .nodes import NodeIds
 from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound, Problem
-from .storage.base import EventStore, Execution, Page, StoreError
+from .storage.base import EventStore, Page, StoreError
 from .storage.registry import store_from_settings
 from .stream import CutOff, Filter, Hub, Subscription
 

@@ -18,7 +18,6 @@ import attrs
 from aiohttp import web
 
 from . import __version__, codec, status
-from . import web as routes
 from .envelope import (
     RESULT_KINDS,
     Envelope,
@@ -53,6 +52,7 @@ from .problems import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from .typedefs import SETTINGS
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -123,7 +123,7 @@ _WIRE_TYPES: dict[Any, dict[str, Any]] = {
     Timestamp: {
         "type": "string",
         "format": "date-time",
-        "pattern": f"^{codec._RFC3339.pattern}$",
+        "pattern": f"^{codec.RFC3339.pattern}$",
         "description": "RFC 3339 with an offset (Z or +hh:mm); stored in UTC",
     },
     ResultKind: {"enum": list(RESULT_KINDS)},
@@ -191,11 +191,11 @@ def envelope_schema(*, in_batch_object: bool = False) -> dict[str, Any]:
 
 
 def _batch_header_fields() -> list[str]:
-    return [f.name for f in attrs.fields(codec._BatchHeader)]
+    return [f.name for f in attrs.fields(codec.BatchHeader)]
 
 
 def _batch_object_schema() -> dict[str, Any]:
-    schema = _fields_schema(codec._BatchHeader, [])
+    schema = _fields_schema(codec.BatchHeader, [])
     schema["properties"]["events"] = {
         "type": "array",
         "minItems": 1,
@@ -305,7 +305,7 @@ def _problem_schema() -> dict[str, Any]:
 
 def _components() -> dict[str, Any]:
     page = {"events": {"type": "array", "items": _schema("Event")}, "next_cursor": _CURSOR}
-    limit = {"type": "integer", "minimum": 1, "maximum": routes.MAX_PAGE, "default": 100}
+    limit = {"type": "integer", "minimum": 1, "maximum": codec.MAX_PAGE, "default": 100}
     after = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
     text = {"type": "string", "description": "matches the field exactly"}
     schemas = {
@@ -385,7 +385,7 @@ def _components() -> dict[str, Any]:
         "IdempotencyKey": _param(
             "Idempotency-Key",
             "header",
-            {"type": "string", "pattern": f"^{routes._KEY.pattern}$"},
+            {"type": "string", "pattern": f"^{codec.IDEMPOTENCY_KEY.pattern}$"},
             "makes the request replayable: the same key and body return the first reply "
             'with "duplicate": true; the same key with another body is a 409',
         ),
@@ -596,7 +596,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
                     media: {
                         "schema": {"type": "array", "minItems": 1, "items": _schema("Envelope")}
                     }
-                    for media in routes.NDJSON
+                    for media in codec.NDJSON
                 },
             },
         },
@@ -724,14 +724,13 @@ def _operation(
 
 
 DOCUMENT_PATH = "/api/openapi.json"
+DOCUMENT_ROUTE = "openapi"  # the name of the document's route, by which it is found
 
 
 def mount_prefix(app: web.Application) -> str:
     """Where the app is mounted ("" at the root): aiohttp prefixes a sub-application's routes."""
-    for route in app.router.routes():
-        if route.handler is routes.openapi_document and route.resource is not None:
-            return route.resource.canonical.removesuffix(DOCUMENT_PATH)
-    return ""
+    resource = app.router.named_resources().get(DOCUMENT_ROUTE)
+    return "" if resource is None else resource.canonical.removesuffix(DOCUMENT_PATH)
 
 
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:
@@ -748,7 +747,7 @@ def registered_routes(app: web.Application) -> set[tuple[str, str]]:
 
 def document(app: web.Application) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``: its routes, as this deployment configures them."""
-    settings = app[routes.SETTINGS]
+    settings = app[SETTINGS]
     paths: dict[str, dict[str, Any]] = {}
     for method, path in sorted(registered_routes(app), key=lambda r: (r[1], r[0])):
         spec = OPERATIONS.get((method, path))

@@ -1,13 +1,28 @@
-"""Derive a workflow status from an event type, and validate status strings."""
+"""Derive a workflow status from an event type, validate status strings, and say which event
+types end an execution."""
 
 from __future__ import annotations
 
 import functools
 import re
 
-__all__ = ["STATUS_PATTERN", "derive_status", "normalise_status"]
+__all__ = ["STATUS_PATTERN", "TERMINAL_EVENTS", "derive_status", "normalise_status"]
 
 STATUS_PATTERN = re.compile(r"^[A-Z][A-Z_]{0,31}$")
+
+# Event types that end an execution, and the status each one sets.
+TERMINAL_EVENTS = {
+    "playbook.completed": "COMPLETED",
+    "playbook.failed": "FAILED",
+    "playbook.cancelled": "CANCELLED",
+    "playbook_completed": "COMPLETED",
+    "playbook_failed": "FAILED",
+    "playbook_cancelled": "CANCELLED",
+    "workflow.completed": "COMPLETED",
+    "workflow.failed": "FAILED",
+    "execution.cancelled": "CANCELLED",
+}
+
 
 _WORD_SEPARATORS = re.compile(r"[._-]")
 

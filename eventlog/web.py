@@ -10,12 +10,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import attrs
 import orjson
 from aiohttp import web
 
 from .codec import (
+    IDEMPOTENCY_KEY,
     MAX_ID,
+    MAX_PAGE,
+    NDJSON,
     converter,
     loads,
     loads_ndjson,
@@ -29,28 +31,23 @@ from .ingest import Idempotency
 from .log import EventLog
 from .logs import REQUEST_ID, REQUEST_ID_KEY, request_id
 from .metrics import CONTENT_TYPE
+from .middlewares import PROBLEM_CODE, bearer_auth_middleware, error_response
+from .openapi import DOCUMENT_PATH, DOCUMENT_ROUTE, document
 from .problems import (
-    PROBLEM_CODE,
     BodyTooLarge,
     FieldError,
     InvalidParameter,
     TooManyEvents,
     UnsupportedMediaType,
-    bearer_auth_middleware,
-    error_response,
 )
 from .storage.base import Page, StoreError
-from .stream import CutOff, Filter, Subscription
+from .stream import CutOff, Filter
+from .typedefs import EVENT_LOG, SERVICE, SETTINGS, SSE_CACHE, STREAMS, ServiceState
 
 log = logging.getLogger("eventlog")
 
-SETTINGS = web.AppKey("settings", Settings)
-EVENT_LOG = web.AppKey("event_log", EventLog)
-SSE_CACHE = web.AppKey("sse_cache", dict)
-STREAMS = web.AppKey("streams", set)  # the live streams being served, to end at shutdown
 SSE_CACHE_SIZE = 4096
 
-MAX_PAGE = 1000
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -96,7 +93,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     async def end_streams(app: web.Application) -> None:
         # Streams never finish by themselves; at shutdown they must, or the server waits its
         # whole shutdown_timeout for them. Only this app's: a shared log may have other readers.
-        streams: set[Subscription] = app[STREAMS]
+        streams = app[STREAMS]
         for subscription in list(streams):
             subscription.end()
 
@@ -108,7 +105,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/api/events/stream", stream_events)  # before /api/events/{event_id}
     app.router.add_get("/api/events/{event_id}", get_event)
     app.router.add_get("/api/executions", get_executions)
-    app.router.add_get("/api/openapi.json", openapi_document)
+    app.router.add_get(DOCUMENT_PATH, openapi_document, name=DOCUMENT_ROUTE)
     app.router.add_get("/api/executions/{execution_id}", get_execution)
     app.router.add_get("/api/executions/{execution_id}/events", get_execution_events)
     app.router.add_get("/api/executions/{execution_id}/events/stream", stream_execution_events)
@@ -117,16 +114,6 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/metrics", metrics)
     open_resources.update(r for r in app.router.resources() if r.canonical in settings.open_paths)
     return app
-
-
-@attrs.define
-class ServiceState:
-    """What the process running the app tells it (see eventlog serve's shutdown)."""
-
-    draining: bool = False  # every reply from now on closes its connection
-
-
-SERVICE = web.AppKey("service", ServiceState)
 
 
 @web.middleware
@@ -182,9 +169,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-
-
 def media_type(request: web.Request, *, ndjson: bool = False) -> str:
     """ "json" or "ndjson"; 415 for anything else (a missing Content-Type is read as JSON)."""
     if "Content-Type" not in request.headers:
@@ -209,15 +193,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-
 def idempotency(request: web.Request, body: bytes) -> Idempotency | None:
     """The request's Idempotency-Key, with a fingerprint of what it asks for."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _KEY.fullmatch(key):
+    if not IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidParameter(
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
             errors=[
@@ -386,8 +367,6 @@ async def get_execution(request: web.Request) -> web.Response:
 
 async def openapi_document(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this app's routes (built by eventlog.openapi)."""
-    from .openapi import document  # late: eventlog.openapi reads this module's limits
-
     return json_response(document(request.app))
 
 

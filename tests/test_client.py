@@ -26,7 +26,8 @@ from eventlog.client import (
 from eventlog.codec import structure_envelope
 from eventlog.config import Settings
 from eventlog.ids import decode
-from eventlog.web import EVENT_LOG, create_app
+from eventlog.typedefs import EVENT_LOG
+from eventlog.web import create_app
 
 from .api.helpers import CONTRACT_BODIES, assert_canonical, assert_reads_back
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, ClassVar, Self
 
 import attrs
 
-from ..envelope import Event, NewEvent
+from ..envelope import Event, Execution, NewEvent
 from ..ids import NODE_ID_MAX
+from ..status import TERMINAL_EVENTS
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -60,33 +61,6 @@ class Page:
         if self.until is not None:
             out.append(("seq", "<=", self.until))
         return out
-
-
-@attrs.frozen
-class Execution:
-    """One execution at a glance, kept up to date by every write."""
-
-    execution_id: int
-    event_count: int
-    first_event_at: datetime
-    last_event_at: datetime
-    last_event_type: str
-    last_seq: int
-    status: str
-
-
-# Event types that end an execution, and the status each one sets.
-TERMINAL_EVENTS = {
-    "playbook.completed": "COMPLETED",
-    "playbook.failed": "FAILED",
-    "playbook.cancelled": "CANCELLED",
-    "playbook_completed": "COMPLETED",
-    "playbook_failed": "FAILED",
-    "playbook_cancelled": "CANCELLED",
-    "workflow.completed": "COMPLETED",
-    "workflow.failed": "FAILED",
-    "execution.cancelled": "CANCELLED",
-}
 
 
 @attrs.frozen

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import asyncpg
 import attrs
 
-from ..envelope import Event, NewEvent
+from ..envelope import Event, Execution, NewEvent
 from .base import (
     Claim,
     Decide,
     EventStore,
-    Execution,
     IdempotencyRecord,
     Key,
     NodeClaim,

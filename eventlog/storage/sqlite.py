@@ -19,12 +19,11 @@ import aiosqlite
 import attrs
 import orjson
 
-from ..envelope import Event
+from ..envelope import Event, Execution
 from .base import (
     Claim,
     Decide,
     EventStore,
-    Execution,
     IdempotencyRecord,
     Key,
     NodeClaim,

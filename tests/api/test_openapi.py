@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from eventlog.codec import ALIASES, _BatchHeader
+from eventlog.codec import ALIASES, BatchHeader
 from eventlog.config import Settings
 from eventlog.envelope import Envelope
 from eventlog.problems import Problem
@@ -187,7 +187,7 @@ def envelope_problems(doc: dict[str, Any]) -> list[str]:
     expected = required | {a for a, c in ALIASES.items() if c in required}
     if documented_required != expected:
         found.append(f"required {sorted(documented_required)} != {sorted(expected)}")
-    header = {f.name for f in attrs.fields(_BatchHeader)}
+    header = {f.name for f in attrs.fields(BatchHeader)}
     if set(schemas["BatchObject"]["properties"]) != header | {"events"}:
         found.append(f"BatchObject properties {sorted(schemas['BatchObject']['properties'])}")
     if set(schemas["BatchItem"]["properties"]) != set(envelope["properties"]):

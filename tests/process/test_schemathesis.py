@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import schemathesis
 
-from eventlog.web import NDJSON
+from eventlog.codec import NDJSON
 
 pytestmark = pytest.mark.slow
 
