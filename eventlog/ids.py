@@ -43,7 +43,7 @@ MAX_ID = 2**63 - 1
 _POLL_SLEEP_S = 0.0001
 
 
-def _wall_clock_ms() -> int:
+def wall_clock_ms() -> int:
     """Return the current wall-clock time in Unix milliseconds."""
     return time.time_ns() // 1_000_000
 
@@ -58,7 +58,7 @@ class SnowflakeGenerator:
 
     __slots__ = ("_clock", "_last_ms", "_lock", "_node_id", "_sequence")
 
-    def __init__(self, node_id: int, clock: Callable[[], int] = _wall_clock_ms) -> None:
+    def __init__(self, node_id: int, clock: Callable[[], int] = wall_clock_ms) -> None:
         if isinstance(node_id, bool) or not isinstance(node_id, int):
             raise TypeError(f"node_id must be an int, not {type(node_id).__name__}")
         if not 0 <= node_id <= NODE_ID_MAX:

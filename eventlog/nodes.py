@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
-from .ids import EPOCH_MS, TIMESTAMP_SHIFT, SnowflakeGenerator
+from .ids import EPOCH_MS, TIMESTAMP_SHIFT, SnowflakeGenerator, wall_clock_ms
 from .problems import DatabaseUnavailable
 from .storage.base import (
     EventStore,
@@ -28,10 +29,6 @@ from .storage.base import (
 )
 
 log = logging.getLogger("eventlog.nodes")
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _ms(snowflake: int) -> int:
@@ -56,7 +53,14 @@ class NodeIds:
         *,
         lease: float = 30.0,
         holder: NodeHolder | None = None,
+        wall_ms: Callable[[], int] = wall_clock_ms,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Two clocks, as in the module's rules: the wall clock (Unix ms) goes into ids and
+        # ceilings; the monotonic one times the lease, which a wall clock set back must not
+        # extend.
+        self._wall_ms = wall_ms
+        self._monotonic = monotonic
         self._store = store
         self._wanted = wanted
         self._lease = lease
@@ -64,7 +68,7 @@ class NodeIds:
         self._renew_every = lease / 3
         self.holder = holder or NodeHolder.this_process()
         self._generator: SnowflakeGenerator | None = None
-        self._deadline = 0.0  # time.monotonic() past which no id may be minted
+        self._deadline = 0.0  # monotonic() past which no id may be minted
         self._ceiling_ms = 0  # no id later than this (Unix ms) may be minted
         self._ceiling_id = 0  # the least id past the ceiling
         self._last_id = 0  # the latest id minted under the current claim
@@ -97,11 +101,11 @@ class NodeIds:
     @property
     def live(self) -> bool:
         """Whether a live claim is held, so ids can be minted."""
-        return self._generator is not None and time.monotonic() < self._deadline
+        return self._generator is not None and self._monotonic() < self._deadline
 
     def _usable(self) -> SnowflakeGenerator:
         generator = self._generator
-        if generator is None or time.monotonic() >= self._deadline:
+        if generator is None or self._monotonic() >= self._deadline:
             self._wake.set()
             raise DatabaseUnavailable(
                 "this instance holds no live claim on a node id, so it cannot mint ids",
@@ -128,18 +132,18 @@ class NodeIds:
         return self._generator.node_id
 
     async def _claim(self) -> None:
-        started = time.monotonic()
-        claim = await self._store.claim_node(self.holder, self._wanted, self._lease, _wall_ms())
+        started = self._monotonic()
+        claim = await self._store.claim_node(self.holder, self._wanted, self._lease, self._wall_ms())
         give_up = started + self._renew_every  # the first renewal is due by then
         while True:
-            generator = SnowflakeGenerator(claim.node_id, lambda: _wall_ms())
+            generator = SnowflakeGenerator(claim.node_id, self._wall_ms)
             first = generator.next_id()
             behind_ms = claim.floor_ms + 1 - _ms(first)
             if behind_ms <= 0:
                 break
             # The previous holder's clock ran ahead of ours: wait until ours passes the ids it
             # may have minted, unless that would take longer than a third of a lease.
-            if time.monotonic() + behind_ms / 1000 > give_up:
+            if self._monotonic() + behind_ms / 1000 > give_up:
                 await self._store.release_node(self.holder, claim.node_id, claim.floor_ms)
                 raise NodeIdUnavailable(
                     f"ids under node id {claim.node_id} were minted up to {behind_ms} ms ahead "
@@ -188,8 +192,8 @@ class NodeIds:
             self._unclaimed_said = False
             return True
         node_id = self._generator.node_id
-        started = time.monotonic()
-        ceiling = max(_wall_ms(), _ms(self._last_id)) + self._lease_ms
+        started = self._monotonic()
+        ceiling = max(self._wall_ms(), _ms(self._last_id)) + self._lease_ms
         try:
             async with asyncio.timeout(self._renew_every):
                 await self._store.renew_node(self.holder, node_id, self._lease, ceiling)
@@ -207,7 +211,7 @@ class NodeIds:
             self._wake.set()  # claim again at once
             return False
         except (StoreError, TimeoutError) as e:
-            left = self._deadline - time.monotonic()
+            left = self._deadline - self._monotonic()
             log.warning(
                 "renewing the claim on node id %d failed (%s); minting stops in %.1f s unless "
                 "a renewal succeeds",

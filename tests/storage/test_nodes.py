@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from eventlog import nodes
 from eventlog.config import ConfigError, Settings, load_settings
 from eventlog.ids import decode
 from eventlog.log import EventLog
@@ -35,6 +34,23 @@ def holder(name: str) -> NodeHolder:
 def wall_ms() -> int:
     """This host's clock in Unix ms."""
     return time.time_ns() // 1_000_000
+
+
+class Clocks:
+    """A wall clock (Unix ms) and a monotonic clock (s) for NodeIds: the real ones, moved by
+    hand as far as the test says."""
+
+    def __init__(self) -> None:
+        self.wall_offset_ms = 0
+        self.monotonic_offset = 0.0
+
+    def wall_ms(self) -> int:
+        """The wall clock, offset."""
+        return wall_ms() + self.wall_offset_ms
+
+    def monotonic(self) -> float:
+        """The monotonic clock, offset."""
+        return time.monotonic() + self.monotonic_offset
 
 
 def ms_of(event_id: int) -> int:
@@ -257,14 +273,14 @@ async def test_a_successor_whose_clock_is_behind_waits_for_the_previous_holders_
         await successor.release()
 
 
-async def test_a_clock_jump_past_the_ceiling_refuses_ids_until_renewed(store, monkeypatch):
+async def test_a_clock_jump_past_the_ceiling_refuses_ids_until_renewed(store):
     """Ids past the recorded ceiling are refused; the renewal this triggers raises the ceiling."""
-    ids = NodeIds(store, None, lease=LEASE, holder=holder("a"))
+    clocks = Clocks()
+    ids = NodeIds(store, None, lease=LEASE, holder=holder("a"), wall_ms=clocks.wall_ms)
     await ids.claim()
     try:
         jump = 10 * round(LEASE * 1000)
-        real = nodes._wall_ms
-        monkeypatch.setattr(nodes, "_wall_ms", lambda: real() + jump)
+        clocks.wall_offset_ms = jump
         with pytest.raises(DatabaseUnavailable, match="ceiling"):
             ids.next_id()
         async with asyncio.timeout(5):
@@ -279,17 +295,24 @@ async def test_a_clock_jump_past_the_ceiling_refuses_ids_until_renewed(store, mo
         await ids.release()
 
 
-async def test_a_holder_stops_minting_at_its_lease_end_even_if_its_clock_stepped_back(
-    store, monkeypatch
-):
+async def test_a_holder_stops_minting_at_its_lease_end_even_if_its_clock_stepped_back(store):
     """The lease is timed on the monotonic clock: a wall clock set back does not extend it."""
-    ids = NodeIds(store, None, lease=SHORT, holder=holder("a"))
+    clocks = Clocks()
+    ids = NodeIds(
+        store,
+        None,
+        lease=LEASE,
+        holder=holder("a"),
+        wall_ms=clocks.wall_ms,
+        monotonic=clocks.monotonic,
+    )
     await ids.claim()
     try:
         ids.next_id()
-        real = nodes._wall_ms
-        monkeypatch.setattr(nodes, "_wall_ms", lambda: real() - 60_000)
-        time.sleep(SHORT + 0.1)  # blocks the event loop: no renewal runs
+        clocks.wall_offset_ms = -60_000
+        ids.next_id()  # the lease still runs: minting goes on, in the last millisecond used
+        # The lease's time passes (no renewal is due for a third of it, in real time).
+        clocks.monotonic_offset = LEASE + 0.1
         with pytest.raises(DatabaseUnavailable, match="no live claim"):
             ids.next_id()
     finally:
