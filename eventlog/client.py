@@ -73,7 +73,7 @@ from typing import Any
 import aiohttp
 import attrs
 
-from .codec import dumps, format_timestamp, loads
+from .codec import dumps, loads, wire_form
 from .envelope import Envelope
 from .ids import NODE_ID_MAX, SnowflakeGenerator
 from .problems import FieldError, Problem
@@ -263,12 +263,7 @@ def _retry_after(value: str | None) -> float | None:
 def _envelope_dict(envelope: Mapping[str, Any] | Envelope) -> dict[str, Any]:
     """A fresh dict to send: a copy of the caller's mapping, or an Envelope's sent fields."""
     if isinstance(envelope, Envelope):
-        body = {k: v for k, v in attrs.asdict(envelope, recurse=False).items() if v is not None}
-        if "created_at" in body:
-            body["created_at"] = format_timestamp(body["created_at"])
-        if "event_ids" in body:
-            body["event_ids"] = list(body["event_ids"])
-        return body
+        return wire_form(envelope)
     if isinstance(envelope, Mapping):
         return dict(envelope)
     raise TypeError(f"an envelope is a mapping or an Envelope, not {type(envelope).__name__}")

@@ -455,7 +455,7 @@ def redact(value: Any, keys: frozenset[str]) -> Any:
     return value
 
 
-def wire_form(envelope: Envelope) -> Any:
+def wire_form(envelope: Envelope) -> dict[str, Any]:
     """An Envelope built in Python, as the dict a producer would send, so it is checked by the
     same rules; a naive created_at is refused rather than guessed."""
     data = {k: v for k, v in attrs.asdict(envelope, recurse=False).items() if v is not None}

@@ -133,7 +133,9 @@ class NodeIds:
 
     async def _claim(self) -> None:
         started = self._monotonic()
-        claim = await self._store.claim_node(self.holder, self._wanted, self._lease, self._wall_ms())
+        claim = await self._store.claim_node(
+            self.holder, self._wanted, self._lease, self._wall_ms()
+        )
         give_up = started + self._renew_every  # the first renewal is due by then
         while True:
             generator = SnowflakeGenerator(claim.node_id, self._wall_ms)

@@ -9,13 +9,14 @@ import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 
 from ..envelope import Event, Execution, NewEvent
 from ..ids import NODE_ID_MAX
 from ..status import TERMINAL_EVENTS
+from .columns import Row
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -181,6 +182,29 @@ class NodeClaim:
     claimed_at: datetime | None
     expires_at: datetime | None
     ceiling_ms: int  # Unix ms: no id minted under this node id, or mintable before expiry, is later
+
+    @classmethod
+    def from_row(cls, row: Row, moment: Callable[[Any], datetime]) -> NodeClaim:
+        """A claim from a row of CLAIM_COLUMNS; ``moment`` reads the backend's timestamps."""
+        holder = None
+        if row["token"] is not None:
+            holder = NodeHolder(row["host"], row["pid"], row["token"])
+        claimed_at, expires_at = row["claimed_at"], row["expires_at"]
+        return cls(
+            row["node_id"],
+            holder,
+            None if claimed_at is None else moment(claimed_at),
+            None if expires_at is None else moment(expires_at),
+            row["ceiling_ms"],
+        )
+
+
+CLAIM_COLUMNS = "node_id, host, pid, token, claimed_at, expires_at, ceiling_ms"
+
+
+def claim_ceiling(wall_ms: int, floor_ms: int, lease: float) -> int:
+    """The ceiling a new claim records: past the floor and the claimant's clock, by the lease."""
+    return max(wall_ms, floor_ms + 1) + round(lease * 1000)
 
 
 @attrs.frozen

@@ -15,7 +15,9 @@ import asyncpg
 import attrs
 
 from ..envelope import Event, Execution, NewEvent
+from ..ids import MAX_ID
 from .base import (
+    CLAIM_COLUMNS,
     Claim,
     Decide,
     EventStore,
@@ -29,6 +31,7 @@ from .base import (
     StoreUnavailable,
     ValueNotStorable,
     choose_node,
+    claim_ceiling,
     execution_deltas,
     load_migrations,
     lost_claim_message,
@@ -71,6 +74,10 @@ class _QuietPoolFloor(logging.Filter):
 
 
 _quiet_pool_floor = _QuietPoolFloor()
+
+
+def _same(moment: datetime) -> datetime:
+    return moment
 
 
 @contextlib.contextmanager
@@ -508,7 +515,7 @@ class PostgresStore(EventStore):
             rows = await self.pool.fetch(
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1 "
                 "ORDER BY last_seq DESC LIMIT $2",
-                2**63 - 1 if before is None else before,
+                MAX_ID if before is None else before,
                 limit,
             )
         return [Execution(*r) for r in rows]
@@ -531,12 +538,12 @@ class PostgresStore(EventStore):
                 # renewal's UPDATE waits for the claim's commit.
                 await conn.execute("LOCK TABLE node_claims IN SHARE ROW EXCLUSIVE MODE")
                 now = await conn.fetchval("SELECT clock_timestamp()")
-                rows = await conn.fetch(f"SELECT {_CLAIM_COLUMNS} FROM node_claims")
+                rows = await conn.fetch(f"SELECT {CLAIM_COLUMNS} FROM node_claims")
                 chosen, floor = choose_node(
-                    [_claim(r) for r in rows], holder, node_id, now, wall_ms
+                    [NodeClaim.from_row(r, _same) for r in rows], holder, node_id, now, wall_ms
                 )
                 expires = now + timedelta(seconds=lease)
-                ceiling = max(wall_ms, floor + 1) + round(lease * 1000)
+                ceiling = claim_ceiling(wall_ms, floor, lease)
                 await conn.execute(
                     "INSERT INTO node_claims (node_id, host, pid, token, claimed_at, renewed_at, "
                     "expires_at, ceiling_ms) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) "
@@ -572,10 +579,12 @@ class PostgresStore(EventStore):
                 )
                 if expires is None:
                     row = await conn.fetchrow(
-                        f"SELECT {_CLAIM_COLUMNS} FROM node_claims WHERE node_id = $1", node_id
+                        f"SELECT {CLAIM_COLUMNS} FROM node_claims WHERE node_id = $1", node_id
                     )
                     raise NodeClaimLost(
-                        lost_claim_message(node_id, None if row is None else _claim(row))
+                        lost_claim_message(
+                            node_id, None if row is None else NodeClaim.from_row(row, _same)
+                        )
                     )
         return expires
 
@@ -589,11 +598,3 @@ class PostgresStore(EventStore):
                 node_id,
                 holder.token,
             )
-
-
-_CLAIM_COLUMNS = "node_id, host, pid, token, claimed_at, expires_at, ceiling_ms"
-
-
-def _claim(row: Sequence[Any]) -> NodeClaim:
-    holder = None if row[3] is None else NodeHolder(row[1], row[2], row[3])
-    return NodeClaim(row[0], holder, row[4], row[5], row[6])

@@ -20,7 +20,9 @@ import attrs
 import orjson
 
 from ..envelope import Event, Execution
+from ..ids import MAX_ID
 from .base import (
+    CLAIM_COLUMNS,
     Claim,
     Decide,
     EventStore,
@@ -33,6 +35,7 @@ from .base import (
     StoreError,
     StoreUnavailable,
     choose_node,
+    claim_ceiling,
     execution_deltas,
     load_migrations,
     lost_claim_message,
@@ -453,7 +456,7 @@ class SqliteStore(EventStore):
             cursor = await self._r.execute(
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < ? "
                 "ORDER BY last_seq DESC LIMIT ?",
-                (2**63 - 1 if before is None else before, limit),
+                (MAX_ID if before is None else before, limit),
             )
             rows = await cursor.fetchall()
         return [_execution(r) for r in rows]
@@ -467,13 +470,12 @@ class SqliteStore(EventStore):
         # (busy_timeout), then sees this claim.
         with self._immediate() as db:
             now = datetime.now(UTC)
-            rows = db.execute(
-                "SELECT node_id, host, pid, token, claimed_at, expires_at, ceiling_ms "
-                "FROM node_claims"
-            ).fetchall()
-            chosen, floor = choose_node([_claim(r) for r in rows], holder, node_id, now, wall_ms)
+            rows = db.execute(f"SELECT {CLAIM_COLUMNS} FROM node_claims").fetchall()
+            chosen, floor = choose_node(
+                [NodeClaim.from_row(r, _moment) for r in rows], holder, node_id, now, wall_ms
+            )
             expires = now + timedelta(seconds=lease)
-            ceiling = max(wall_ms, floor + 1) + round(lease * 1000)
+            ceiling = claim_ceiling(wall_ms, floor, lease)
             db.execute(
                 "INSERT INTO node_claims VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (node_id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
@@ -511,12 +513,13 @@ class SqliteStore(EventStore):
             ).rowcount
             if not renewed:
                 row = db.execute(
-                    "SELECT node_id, host, pid, token, claimed_at, expires_at, ceiling_ms "
-                    "FROM node_claims WHERE node_id = ?",
+                    f"SELECT {CLAIM_COLUMNS} FROM node_claims WHERE node_id = ?",
                     (node_id,),
                 ).fetchone()
                 raise NodeClaimLost(
-                    lost_claim_message(node_id, None if row is None else _claim(row))
+                    lost_claim_message(
+                        node_id, None if row is None else NodeClaim.from_row(row, _moment)
+                    )
                 )
         return expires
 
@@ -536,10 +539,3 @@ class SqliteStore(EventStore):
 
     async def release_node(self, holder: NodeHolder, node_id: int, last_ms: int) -> None:
         await self._in_writer(self._release_node_sync, holder, node_id, last_ms)
-
-
-def _claim(row: Sequence[Any]) -> NodeClaim:
-    holder = None if row[3] is None else NodeHolder(row[1], row[2], row[3])
-    claimed_at = None if row[4] is None else _moment(row[4])
-    expires_at = None if row[5] is None else _moment(row[5])
-    return NodeClaim(row[0], holder, claimed_at, expires_at, row[6])
