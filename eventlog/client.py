@@ -61,12 +61,13 @@ counts as a drop. Reconnection gives up after `max_attempts` failed connections 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -277,6 +278,22 @@ def _filters(filters: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in filters.items() if v is not None}
 
 
+@attrs.define
+class _StreamPosition:
+    """Where a tail is (the last seq it yielded), and how its latest connection ended."""
+
+    last: int
+    connected: bool = False  # the server answered 200
+    cut_off: bool = False  # the server cut it off for falling behind
+    retry_after: float | None = None
+    error: Exception = attrs.field(factory=lambda: ConnectionError("not connected"))
+
+    def reset(self) -> None:
+        """Forget how the previous connection ended."""
+        self.connected = self.cut_off = False
+        self.retry_after = None
+
+
 class EventLogClient:
     """An eventlog producer and reader; see the module docstring for ids and retries."""
 
@@ -479,52 +496,59 @@ class EventLogClient:
             if execution_id is not None
             else "/api/events/stream"
         )
-        last = await self._head() if after is None else int(after)
+        at = _StreamPosition(await self._head() if after is None else int(after))
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
         )
         failures = 0
         while True:
-            headers = {
-                **self._headers,
-                "Accept": "text/event-stream",
-                "Last-Event-ID": str(last),
-            }
-            retry_after = None
-            cut_off = False
-            try:
-                async with self._http().get(
-                    self._base + path, params=params, headers=headers, timeout=timeout
-                ) as reply:
-                    if reply.status != 200:
-                        error = _error(reply.status, reply.reason, await reply.read())
-                        if reply.status != 503:
-                            raise error
-                        retry_after = _retry_after(reply.headers.get("Retry-After"))
-                    else:
-                        failures = 0
-                        async for message in read_sse(reply.content):
-                            seq = last if message.id is None else int(message.id)
-                            if message.event == "cutoff":
-                                cut_off = True
-                                last = seq
-                                break
-                            if message.event == "message" and message.data:
-                                event = loads(message.data.encode())
-                                last = seq
-                                yield event
-                        error = _unreachable(ConnectionError("the server ended the stream"))
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
-                error = _unreachable(e)
-            except (Problem, ValueError) as e:
-                detail = e.detail if isinstance(e, Problem) else str(e)
-                raise _invalid_reply(f"GET {path}: a malformed stream message: {detail}") from None
-            if cut_off:
-                log.warning("the server cut the stream off; resuming after seq %d", last)
+            # aclosing: a caller that stops iterating closes the connection at once.
+            async with contextlib.aclosing(self._stream_once(path, params, timeout, at)) as events:
+                async for event in events:
+                    yield event
+            if at.cut_off:
+                log.warning("the server cut the stream off; resuming after seq %d", at.last)
                 continue
-            failures += 1
+            failures = 1 if at.connected else failures + 1
             if not forever and failures >= self._max_attempts:
-                raise error
-            delay = self._delay(failures, retry_after)
-            log.warning("stream lost (%s); resuming after seq %d in %.2fs", error, last, delay)
+                raise at.error
+            delay = self._delay(failures, at.retry_after)
+            log.warning(
+                "stream lost (%s); resuming after seq %d in %.2fs", at.error, at.last, delay
+            )
             await asyncio.sleep(delay)
+
+    async def _stream_once(
+        self, path: str, params: dict[str, str], timeout: aiohttp.ClientTimeout, at: _StreamPosition
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """One connection to the stream, resuming after ``at.last``: yields its events, keeping
+        ``at`` up to date, and records in ``at`` how the connection ended."""
+        at.reset()
+        headers = {**self._headers, "Accept": "text/event-stream", "Last-Event-ID": str(at.last)}
+        try:
+            async with self._http().get(
+                self._base + path, params=params, headers=headers, timeout=timeout
+            ) as reply:
+                if reply.status != 200:
+                    at.error = _error(reply.status, reply.reason, await reply.read())
+                    if reply.status != 503:
+                        raise at.error
+                    at.retry_after = _retry_after(reply.headers.get("Retry-After"))
+                    return
+                at.connected = True
+                async for message in read_sse(reply.content):
+                    seq = at.last if message.id is None else int(message.id)
+                    if message.event == "cutoff":
+                        at.cut_off = True
+                        at.last = seq
+                        return
+                    if message.event == "message" and message.data:
+                        event = loads(message.data.encode())
+                        at.last = seq
+                        yield event
+                at.error = _unreachable(ConnectionError("the server ended the stream"))
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
+            at.error = _unreachable(e)
+        except (Problem, ValueError) as e:
+            detail = e.detail if isinstance(e, Problem) else str(e)
+            raise _invalid_reply(f"GET {path}: a malformed stream message: {detail}") from None

@@ -498,6 +498,32 @@ class BatchHeader:
     worker_id: Text | None = None
 
 
+def _batch_form(data: Any) -> tuple[str, list[Any], dict[str, Any], list[FieldError]]:
+    """A batch's parts: the path its items sit at, the items, the fields they inherit (from
+    NoETL's batch object) and the errors in the batch's own fields."""
+    if type(data) is list:
+        return "$", data, {}, []
+    if type(data) is not dict:
+        raise InvalidEnvelope(
+            "a batch is an array of events or an object with an events array",
+            errors=[FieldError("$", 'must be an array or an object with "events"')],
+        )
+    inherited: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    try:
+        header = converter.structure(
+            {k: data[k] for k in ("execution_id", "worker_id") if k in data}, BatchHeader
+        )
+        inherited = {k: v for k, v in attrs.asdict(header).items() if v is not None}
+    except ClassValidationError as exc:
+        errors += _field_errors(exc, "$", {})
+    items = data.get("events")
+    if type(items) is not list:
+        errors.append(FieldError("$.events", "must be an array of events"))
+        items = []
+    return "$.events", items, inherited, errors
+
+
 def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelope]:
     """Structure a batch in any of its forms; InvalidEnvelope lists every bad item and field.
 
@@ -505,28 +531,7 @@ def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelo
     fields), a JSON array of envelopes, or NDJSON: the parsed lines with their ``lines``
     numbers, so that errors read ``line 4: $.step``.
     """
-    inherited: dict[str, Any] = {}
-    errors: list[FieldError] = []
-    if type(data) is dict:
-        prefix = "$.events"
-        items = data.get("events")
-        try:
-            header = converter.structure(
-                {k: data[k] for k in ("execution_id", "worker_id") if k in data}, BatchHeader
-            )
-            inherited = {k: v for k, v in attrs.asdict(header).items() if v is not None}
-        except ClassValidationError as exc:
-            errors += _field_errors(exc, "$", {})
-        if type(items) is not list:
-            errors.append(FieldError(prefix, "must be an array of events"))
-            items = []
-    elif type(data) is list:
-        prefix, items = "$", data
-    else:
-        raise InvalidEnvelope(
-            "a batch is an array of events or an object with an events array",
-            errors=[FieldError("$", 'must be an array or an object with "events"')],
-        )
+    prefix, items, inherited, errors = _batch_form(data)
     if not items and not errors:
         errors.append(FieldError(prefix, "must hold at least one event"))
     envelopes = []

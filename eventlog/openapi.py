@@ -304,11 +304,24 @@ def _problem_schema() -> dict[str, Any]:
 
 
 def _components() -> dict[str, Any]:
+    return {
+        "schemas": _schemas(),
+        "parameters": _parameters(),
+        "headers": _headers(),
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "a write token for POST, a read or write token for the rest",
+            }
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    """Requests, replies and their parts."""
     page = {"events": {"type": "array", "items": _schema("Event")}, "next_cursor": _CURSOR}
-    limit = {"type": "integer", "minimum": 1, "maximum": codec.MAX_PAGE, "default": 100}
-    after = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
-    text = {"type": "string", "description": "matches the field exactly"}
-    schemas = {
+    return {
         "Envelope": envelope_schema(),
         "BatchItem": envelope_schema(in_batch_object=True),
         "BatchObject": _batch_object_schema(),
@@ -362,7 +375,14 @@ def _components() -> dict[str, Any]:
         "Problem": _problem_schema(),
         "ProblemCode": {"enum": sorted(PROBLEMS)},
     }
-    parameters = {
+
+
+def _parameters() -> dict[str, Any]:
+    """Path, query and header parameters, shared by the operations."""
+    limit = {"type": "integer", "minimum": 1, "maximum": codec.MAX_PAGE, "default": 100}
+    after = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+    text = {"type": "string", "description": "matches the field exactly"}
+    return {
         "EventIdPath": _param(
             "event_id", "path", {"type": "integer", "minimum": 0, "maximum": MAX_ID}
         ),
@@ -402,7 +422,11 @@ def _components() -> dict[str, Any]:
             "an id for this request, carried by the reply's X-Request-ID",
         ),
     }
-    headers = {
+
+
+def _headers() -> dict[str, Any]:
+    """Reply headers."""
+    return {
         "RequestId": {
             "description": "the request's id: the client's X-Request-ID when it is 1-128 "
             "visible ASCII characters, or a new one",
@@ -415,18 +439,6 @@ def _components() -> dict[str, Any]:
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         },
         "WwwAuthenticate": {"required": True, "schema": {"type": "string"}},
-    }
-    return {
-        "schemas": schemas,
-        "parameters": parameters,
-        "headers": headers,
-        "securitySchemes": {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "a write token for POST, a read or write token for the rest",
-            }
-        },
     }
 
 
