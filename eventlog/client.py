@@ -441,7 +441,10 @@ class EventLogClient:
     async def get(self, event_id: int, *, execution_id: int | None = None) -> dict[str, Any]:
         """One stored event in the canonical shape (ids as strings)."""
         params = {} if execution_id is None else {"execution_id": str(execution_id)}
-        return await self._call("GET", f"/api/events/{int(event_id)}", params=params)
+        event: dict[str, Any] = await self._call(
+            "GET", f"/api/events/{int(event_id)}", params=params
+        )
+        return event
 
     async def events(
         self,

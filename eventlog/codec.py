@@ -195,7 +195,7 @@ def _text(value: Any, _: Any = None) -> str:
 def _name(value: Any, _: Any) -> str:
     if not _text(value):
         raise ValueError("must not be empty")
-    return value
+    return str(value)
 
 
 def _status(value: Any, _: Any) -> str:
@@ -226,10 +226,11 @@ def _json_value(value: Any, _: Any = None) -> Any:
     return value
 
 
-def _json_object(value: Any, _: Any) -> dict:
+def _json_object(value: Any, _: Any) -> dict[str, Any]:
     if type(value) is not dict:
         raise ValueError("must be a JSON object or null")
-    return _json_value(value)
+    _json_value(value)  # raises ValueError for what cannot be stored
+    return value
 
 
 def _id_list(value: Any, _: Any) -> tuple[int, ...]:

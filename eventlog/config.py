@@ -20,7 +20,7 @@ class ConfigError(Exception):
 
 
 def _between(low: float, high: float) -> Any:
-    def check(_: Any, attribute: attrs.Attribute, value: float) -> None:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
         if not low <= value <= high:
             raise ValueError(f"{attribute.name} must be between {low} and {high}, not {value}")
 
@@ -28,7 +28,7 @@ def _between(low: float, high: float) -> Any:
 
 
 def _one_of(*choices: str) -> Any:
-    def check(_: Any, attribute: attrs.Attribute, value: str) -> None:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         if value.upper() not in choices:
             raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}, not {value!r}")
 

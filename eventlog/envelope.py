@@ -22,8 +22,8 @@ Name = NewType("Name", str)  # a non-empty Text
 Status = NewType("Status", str)  # upper-cased, ^[A-Z][A-Z_]{0,31}$
 Timestamp = NewType("Timestamp", datetime)  # RFC 3339 with an offset, held in UTC
 JsonValue = NewType("JsonValue", object)  # any JSON value that can be stored
-JsonObject = NewType("JsonObject", dict)  # a JSON object that can be stored
-IdList = NewType("IdList", list)  # a JSON array of Id64
+JsonObject = NewType("JsonObject", dict[str, Any])  # a JSON object that can be stored
+IdList = NewType("IdList", list[int])  # a JSON array of Id64
 ResultKind = NewType("ResultKind", str)  # one of RESULT_KINDS
 
 RESULT_KINDS = ("data", "ref", "refs")

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .problems import (
     PROBLEM_JSON,
@@ -70,7 +71,7 @@ def bearer_auth_middleware(
         return sum(hmac.compare_digest(token, t) for t in tokens) > 0
 
     @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_open(request):
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -471,7 +471,9 @@ class _Operation:
     body: dict[str, Any] | None = None
 
 
-def _reply(description: str, media: str = JSON, schema: dict[str, Any] | None = None) -> dict:
+def _reply(
+    description: str, media: str = JSON, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"description": description, "content": {media: {"schema": schema or {}}}}
 
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .codec import (
     IDEMPOTENCY_KEY,
-    MAX_ID,
     MAX_PAGE,
     NDJSON,
     converter,
@@ -27,6 +27,7 @@ from .codec import (
 )
 from .config import Settings
 from .envelope import Event
+from .ids import MAX_ID
 from .ingest import Idempotency
 from .log import EventLog
 from .logs import REQUEST_ID, REQUEST_ID_KEY, request_id
@@ -117,7 +118,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
 
 
 @web.middleware
-async def edge_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Around every request: its id (X-Request-ID, sent back on the reply and on every log line
     it causes), every error as problem+json, and its count and time in the metrics."""
     rid = request_id(request.headers.get("X-Request-ID"))
@@ -254,6 +255,7 @@ async def post_batch(request: web.Request) -> web.Response:
     kind = media_type(request, ndjson=True)
     body = await read_body(request, settings.max_batch_body_bytes)
     lines = None
+    data: Any
     if kind == "ndjson":
         data, lines = loads_ndjson(body)
     else:

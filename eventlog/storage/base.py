@@ -79,7 +79,7 @@ class ExecutionDelta:
 
 def execution_deltas(events: Sequence[NewEvent]) -> list[ExecutionDelta]:
     """Fold a transaction's events (in seq order) into one delta per execution."""
-    acc: dict[int, list] = {}
+    acc: dict[int, list[Any]] = {}
     for index, e in enumerate(events, 1):
         terminal = TERMINAL_EVENTS.get(e.event_type.lower())
         a = acc.get(e.execution_id)

@@ -500,7 +500,8 @@ class PostgresStore(EventStore):
 
     async def head(self) -> int:
         with _translated():
-            return await self.pool.fetchval("SELECT last_seq FROM eventlog_head WHERE id = 1")
+            head: int = await self.pool.fetchval("SELECT last_seq FROM eventlog_head WHERE id = 1")
+        return head
 
     async def execution(self, execution_id: int) -> Execution | None:
         with _translated():
@@ -567,7 +568,7 @@ class PostgresStore(EventStore):
         with _translated():
             async with self.pool.acquire() as conn:
                 # The server's clock decides expiry, the same clock every claimant reads.
-                expires = await conn.fetchval(
+                expires: datetime | None = await conn.fetchval(
                     "UPDATE node_claims SET renewed_at = clock_timestamp(), "
                     "expires_at = clock_timestamp() + make_interval(secs => $1), "
                     "ceiling_ms = GREATEST(ceiling_ms, $2) "

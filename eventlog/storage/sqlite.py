@@ -359,9 +359,10 @@ class SqliteStore(EventStore):
 
     def _purge_sync(self, now: datetime) -> int:
         with self._immediate() as db:
-            return db.execute(
+            deleted: int = db.execute(
                 "DELETE FROM idempotency_keys WHERE expires_at <= ?", (_micros(now),)
             ).rowcount
+        return deleted
 
     async def purge_keys(self, now: datetime) -> int:
         return await self._in_writer(self._purge_sync, now)
@@ -439,8 +440,9 @@ class SqliteStore(EventStore):
     async def head(self) -> int:
         with _translated():
             cursor = await self._r.execute("SELECT COALESCE(MAX(seq), 0) FROM events")
-            (head,) = await cursor.fetchone()  # type: ignore[misc]
-        return head
+            row = await cursor.fetchone()
+        assert row is not None  # an aggregate always yields its one row
+        return int(row[0])
 
     async def execution(self, execution_id: int) -> Execution | None:
         with _translated():
