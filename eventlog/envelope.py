@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import operator
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NewType
 
@@ -103,12 +101,6 @@ class Event(NewEvent):
     seq: int
     ingested_at: datetime
 
-    @classmethod
-    def stored(cls, new: NewEvent, seq: int, ingested_at: datetime) -> Event:
-        """The stored form of ``new`` once it was given ``seq`` at ``ingested_at``."""
-        copy = _COPIERS.get(cls) or _copier(cls)
-        return copy(new, seq, ingested_at)
-
 
 @attrs.frozen
 class Execution:
@@ -121,26 +113,3 @@ class Execution:
     last_event_type: str
     last_seq: int
     status: str
-
-
-def _copier(cls: type[Event]) -> Callable[[NewEvent, int, datetime], Event]:
-    """Builds ``cls`` from a NewEvent's fields plus seq and ingested_at, positionally (one
-    attrgetter call: this runs once per event written)."""
-    names = [f.name for f in attrs.fields(cls)]
-    at = names.index("seq")
-    if names[at + 1] != "ingested_at":
-        raise TypeError(f"{cls.__name__}: ingested_at must follow seq")
-    before = operator.attrgetter(*names[:at])
-    rest = names[at + 2 :]  # fields a subclass adds after the stored ones
-    make: Callable[..., Event] = cls
-
-    def copy(new: NewEvent, seq: int, ingested_at: datetime) -> Event:
-        if rest:
-            return make(*before(new), seq, ingested_at, *[getattr(new, n) for n in rest])
-        return make(*before(new), seq, ingested_at)
-
-    _COPIERS[cls] = copy
-    return copy
-
-
-_COPIERS: dict[type[Event], Callable[[NewEvent, int, datetime], Event]] = {}

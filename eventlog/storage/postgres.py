@@ -163,8 +163,9 @@ class _EventSql:
     append_if_new: str
     insert: str
     find: str
-    arrays: Callable[[Sequence[NewEvent]], list[Sequence[Any]]]
+    arrays: Callable[[Sequence[NewEvent]], list[list[Any]]]
     event: Callable[[Row], Event]
+    stored: Callable[[NewEvent, int, datetime], Event]
 
 
 _DELTA_TYPES = ("bigint", "bigint", "timestamptz", "timestamptz", "text", "bigint", "text")
@@ -181,11 +182,6 @@ def _event_sql(table: EventTable) -> _EventSql:
     values = ", ".join(_value(c) for c in new)
     deltas = ", ".join(f"${n + i}::{t}[]" for i, t in enumerate(_DELTA_TYPES, 1))
     columns = ", ".join(_selected(c) for c in table.columns)
-    encode = table.encoder(new, {})
-
-    def parallel(events: Sequence[NewEvent]) -> list[Sequence[Any]]:
-        return list(zip(*map(encode, events), strict=True))
-
     return _EventSql(
         columns=columns,
         # The common case in one round trip and one implicit transaction: append a group in
@@ -238,8 +234,9 @@ UPDATE eventlog_head SET last_seq = ${n + 3} WHERE id = 1
             f"SELECT {columns} FROM events WHERE (execution_id, event_id) IN "
             "(SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
         ),
-        arrays=parallel,
+        arrays=table.arrays({}),
         event=table.decoder({}),
+        stored=table.stored(),
     )
 
 
@@ -414,10 +411,8 @@ class PostgresStore(EventStore):
                             row = None
                         if row is not None and row[0] is not None:
                             base, at = row[0], row[1]  # at: the clock once the lock was held
-                            model = self.events_table.model
-                            return [
-                                model.stored(e, base + i, at) for i, e in enumerate(plan.events, 1)
-                            ]
+                            stored = self._sql.stored
+                            return [stored(e, base + i, at) for i, e in enumerate(plan.events, 1)]
                 return await self._write(conn, keys, idempotency_keys, now, decide)
 
     async def _write(
@@ -441,8 +436,7 @@ class PostgresStore(EventStore):
                 records = {r[0]: IdempotencyRecord(*r) for r in found}
             plan = decide(existing, records)
             at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
-            model = self.events_table.model
-            stored = [model.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
+            stored = [sql.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
             if stored:
                 await conn.execute(
                     sql.insert, *sql.arrays(plan.events), head, at, head + len(stored)

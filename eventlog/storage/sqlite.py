@@ -19,7 +19,7 @@ import aiosqlite
 import attrs
 import orjson
 
-from ..envelope import Event, Execution
+from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
 from .base import (
     CLAIM_COLUMNS,
@@ -91,8 +91,9 @@ class _EventSql:
     columns: str
     insert: str  # a template: {rows} takes the VALUES tuples
     head_and_find: str  # the head of the log and the stored events among the keys
-    row: Callable[[Event], list[Any]]
+    row: Callable[[Event], tuple[Any, ...]]
     event: Callable[[Row], Event]
+    stored: Callable[[NewEvent, int, datetime], Event]
 
 
 @functools.cache
@@ -108,8 +109,9 @@ def _event_sql(table: EventTable) -> _EventSql:
             "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
             "FROM json_each(?))) e"
         ),
-        row=table.encoder(table.columns, _ENCODERS),
+        row=table.row(_ENCODERS),
         event=table.decoder(_DECODERS),
+        stored=table.stored(),
     )
 
 
@@ -317,8 +319,7 @@ class SqliteStore(EventStore):
             stored: list[Event] = []
             if plan.events:
                 at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
-                model = self.events_table.model
-                stored = [model.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
+                stored = [sql.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
                 _many(db, sql.insert, [sql.row(e) for e in stored])
                 _many(
                     db,
