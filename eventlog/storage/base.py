@@ -64,6 +64,25 @@ class Page:
         return out
 
 
+EXECUTION_COLUMNS = (
+    "execution_id, event_count, first_event_at, last_event_at, last_event_type, last_seq, status"
+)
+
+
+def execution_from_row(row: Row, moment: Callable[[Any], datetime]) -> Execution:
+    """An execution's summary from a row of EXECUTION_COLUMNS; ``moment`` reads the backend's
+    timestamps."""
+    return Execution(
+        execution_id=row["execution_id"],
+        event_count=row["event_count"],
+        first_event_at=moment(row["first_event_at"]),
+        last_event_at=moment(row["last_event_at"]),
+        last_event_type=row["last_event_type"],
+        last_seq=row["last_seq"],
+        status=row["status"],
+    )
+
+
 @attrs.frozen
 class ExecutionDelta:
     """What one transaction adds to one execution's summary."""

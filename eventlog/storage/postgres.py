@@ -18,6 +18,7 @@ from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
 from .base import (
     CLAIM_COLUMNS,
+    EXECUTION_COLUMNS,
     Claim,
     Decide,
     EventStore,
@@ -33,6 +34,7 @@ from .base import (
     choose_node,
     claim_ceiling,
     execution_deltas,
+    execution_from_row,
     load_migrations,
     lost_claim_message,
     pending,
@@ -108,9 +110,6 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestam
                      $5::text[], $6::bigint[], $7::text[])
 ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 """
-_EXECUTION_COLUMNS = (
-    "execution_id, event_count, first_event_at, last_event_at, last_event_type, last_seq, status"
-)
 _LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
 _FIND_KEYS = (
     "SELECT key, fingerprint, outcome::text, created_at, expires_at "
@@ -500,20 +499,20 @@ class PostgresStore(EventStore):
     async def execution(self, execution_id: int) -> Execution | None:
         with _translated():
             row = await self.pool.fetchrow(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1",
+                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1",
                 execution_id,
             )
-        return None if row is None else Execution(*row)
+        return None if row is None else execution_from_row(row, _same)
 
     async def executions(self, before: int | None, limit: int) -> list[Execution]:
         with _translated():
             rows = await self.pool.fetch(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1 "
+                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1 "
                 "ORDER BY last_seq DESC LIMIT $2",
                 MAX_ID if before is None else before,
                 limit,
             )
-        return [Execution(*r) for r in rows]
+        return [execution_from_row(r, _same) for r in rows]
 
     async def listen(self, callback: Callable[[], None]) -> None:
         self._on_notify = callback

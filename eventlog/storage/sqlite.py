@@ -23,6 +23,7 @@ from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
 from .base import (
     CLAIM_COLUMNS,
+    EXECUTION_COLUMNS,
     Claim,
     Decide,
     EventStore,
@@ -37,6 +38,7 @@ from .base import (
     choose_node,
     claim_ceiling,
     execution_deltas,
+    execution_from_row,
     load_migrations,
     lost_claim_message,
     pending,
@@ -174,13 +176,6 @@ ON CONFLICT (execution_id) DO UPDATE SET
     last_seq = excluded.last_seq,
     status = CASE WHEN excluded.status = 'RUNNING' THEN executions.status ELSE excluded.status END
 """
-_EXECUTION_COLUMNS = (
-    "execution_id, event_count, first_event_at, last_event_at, last_event_type, last_seq, status"
-)
-
-
-def _execution(row: Sequence[Any]) -> Execution:
-    return Execution(row[0], row[1], _moment(row[2]), _moment(row[3]), row[4], row[5], row[6])
 
 
 def _record(row: Sequence[Any]) -> IdempotencyRecord:
@@ -448,21 +443,21 @@ class SqliteStore(EventStore):
     async def execution(self, execution_id: int) -> Execution | None:
         with _translated():
             cursor = await self._r.execute(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE execution_id = ?",
+                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = ?",
                 (execution_id,),
             )
             row = await cursor.fetchone()
-        return None if row is None else _execution(row)
+        return None if row is None else execution_from_row(row, _moment)
 
     async def executions(self, before: int | None, limit: int) -> list[Execution]:
         with _translated():
             cursor = await self._r.execute(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < ? "
+                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE last_seq < ? "
                 "ORDER BY last_seq DESC LIMIT ?",
                 (MAX_ID if before is None else before, limit),
             )
             rows = await cursor.fetchall()
-        return [_execution(r) for r in rows]
+        return [execution_from_row(r, _moment) for r in rows]
 
     # --- node id claims (appended: whole transactions in the writer thread) --------------
 
