@@ -4,6 +4,7 @@ spec, migration) is stored and read back by both backends with no other change."
 from __future__ import annotations
 
 import sqlite3
+import typing
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -135,3 +136,10 @@ async def test_a_field_added_to_model_spec_and_schema_is_stored_and_read(tagged)
     assert await tagged.get(1) == stored
     page = await tagged.page(Page(1))
     assert [(e.event_id, e.tenant) for e in page] == [(1, "acme"), (2, None)]
+
+
+def test_the_spec_and_the_stored_model_have_the_same_fields_and_types():
+    """Every column names an attribute of Event with the column's Python type, and every
+    attribute of Event has its column: the model and the spec cannot drift apart."""
+    hints = typing.get_type_hints(Event)
+    assert {c.attr: c.python for c in EVENT_COLUMNS} == hints
