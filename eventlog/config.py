@@ -12,7 +12,7 @@ import attrs
 from cattrs.errors import ClassValidationError
 
 from .codec import converter
-from .storage.registry import store_class
+from .storage.registry import store_from_settings
 
 
 class ConfigError(Exception):
@@ -158,7 +158,7 @@ def load_settings(
     if settings.pg_pool_min > settings.pg_pool_max:
         raise ConfigError("pg_pool_min must not exceed pg_pool_max")
     try:
-        store_class(settings.dsn)
+        store_from_settings(settings)  # the store checks its DSN (it opens nothing yet)
     except ValueError as e:
         raise ConfigError(f"dsn {settings.dsn!r}: {e}") from None
     return settings

@@ -44,6 +44,12 @@ def test_an_unregistered_scheme_is_refused_by_the_store_and_by_the_settings():
         make_settings(dsn="mysql://x")
 
 
+def test_a_dsn_its_store_refuses_is_a_config_error():
+    """The scheme is known but the store refuses the rest of the DSN: the settings say so."""
+    with pytest.raises(ConfigError, match="sqlite:events.db"):
+        make_settings(dsn="sqlite:events.db")
+
+
 @pytest.mark.slow
 def test_the_contract_suite_runs_against_a_store_registered_from_outside(tmp_path):
     """A plugin registers another scheme and EVENTLOG_TEST_STORES names it: the storage contract
