@@ -124,6 +124,18 @@ class IdempotencyRecord:
     expires_at: datetime
 
 
+def record_from_row(row: Row, moment: Callable[[Any], datetime]) -> IdempotencyRecord:
+    """A record from a row of its table (outcome as JSON text); ``moment`` reads the backend's
+    timestamps."""
+    return IdempotencyRecord(
+        key=row["key"],
+        fingerprint=row["fingerprint"],
+        outcome_json=row["outcome"],
+        created_at=moment(row["created_at"]),
+        expires_at=moment(row["expires_at"]),
+    )
+
+
 @attrs.frozen
 class Migration:
     """One versioned schema change, read from ``migrations/<backend>/NNNN_name.sql``."""

@@ -38,6 +38,7 @@ from .base import (
     load_migrations,
     lost_claim_message,
     pending,
+    record_from_row,
 )
 from .columns import EVENTS, Column, EventTable, Row
 
@@ -112,7 +113,7 @@ ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 """
 _LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
 _FIND_KEYS = (
-    "SELECT key, fingerprint, outcome::text, created_at, expires_at "
+    "SELECT key, fingerprint, outcome::text AS outcome, created_at, expires_at "
     "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
 )
 _SAVE_KEYS = """
@@ -408,8 +409,9 @@ class PostgresStore(EventStore):
                             )
                         except asyncpg.UniqueViolationError:
                             row = None
-                        if row is not None and row[0] is not None:
-                            base, at = row[0], row[1]  # at: the clock once the lock was held
+                        if row is not None and row["base"] is not None:
+                            # at: the clock once the lock was held
+                            base, at = row["base"], row["at"]
                             stored = self._sql.stored
                             return [stored(e, base + i, at) for i, e in enumerate(plan.events, 1)]
                 return await self._write(conn, keys, idempotency_keys, now, decide)
@@ -432,7 +434,7 @@ class PostgresStore(EventStore):
             records: dict[str, IdempotencyRecord] = {}
             if idempotency_keys:
                 found = await conn.fetch(_FIND_KEYS, list(idempotency_keys), now)
-                records = {r[0]: IdempotencyRecord(*r) for r in found}
+                records = {r["key"]: record_from_row(r, _same) for r in found}
             plan = decide(existing, records)
             at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
             stored = [sql.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
@@ -463,7 +465,7 @@ class PostgresStore(EventStore):
     async def idempotency_record(self, key: str, now: datetime) -> IdempotencyRecord | None:
         with _translated():
             row = await self.pool.fetchrow(_FIND_KEYS, [key], now)
-        return None if row is None else IdempotencyRecord(*row)
+        return None if row is None else record_from_row(row, _same)
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:
         sql = f"SELECT {self._sql.columns} FROM events WHERE event_id = $1"

@@ -42,6 +42,7 @@ from .base import (
     load_migrations,
     lost_claim_message,
     pending,
+    record_from_row,
 )
 from .columns import EVENTS, EventTable, Row
 
@@ -178,10 +179,6 @@ ON CONFLICT (execution_id) DO UPDATE SET
 """
 
 
-def _record(row: Sequence[Any]) -> IdempotencyRecord:
-    return IdempotencyRecord(row[0], row[1], row[2], _moment(row[3]), _moment(row[4]))
-
-
 class SqliteStore(EventStore):
     """Events in one SQLite file, in WAL mode.
 
@@ -309,7 +306,7 @@ class SqliteStore(EventStore):
                 found = db.execute(
                     _FIND_KEYS, (orjson.dumps(list(idempotency_keys)).decode(), _micros(now))
                 )
-                records = {r[0]: _record(r) for r in found.fetchall()}
+                records = {r["key"]: record_from_row(r, _moment) for r in found.fetchall()}
             plan = decide(existing, records)
             stored: list[Event] = []
             if plan.events:
@@ -408,7 +405,7 @@ class SqliteStore(EventStore):
         with _translated():
             cursor = await self._r.execute(_FIND_KEYS, (orjson.dumps([key]).decode(), _micros(now)))
             row = await cursor.fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row, _moment)
 
     async def get(self, event_id: int, execution_id: int | None = None) -> Event | None:
         sql = f"SELECT {self._sql.columns} FROM events WHERE event_id = ?"
