@@ -60,7 +60,7 @@ def assets() -> dict[str, Asset]:
         kind = entry.name.rpartition(".")[2]
         if entry.is_file() and kind in _TYPES:
             body = entry.read_bytes()
-            etag = '"%s"' % hashlib.sha256(body).hexdigest()[:20]
+            etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
             found[entry.name] = Asset(body, _TYPES[kind], etag)
     return found
 

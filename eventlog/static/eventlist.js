@@ -45,8 +45,10 @@ export class Filters {
   set(facet, value) {
     this.chosen[facet] = value;
     const params = new URLSearchParams(location.search);
-    if (value) params.set(facet, value);
-    else params.delete(facet);
+    for (const [name] of FACETS) {
+      if (this.chosen[name]) params.set(name, this.chosen[name]);
+      else params.delete(name);
+    }
     const query = params.toString();
     history.replaceState(history.state, '', location.pathname + (query ? '?' + query : '') + location.hash);
     this.onChange();

@@ -67,10 +67,15 @@ export class Timeline {
         newSteps = true;
       }
       // Keep each row's events sorted by time: producers' clocks need not follow commit order.
-      let i = step.times.length;
-      if (i && step.times[i - 1] > t) i = bisect(step.times, t);
-      step.times.splice(i, 0, t);
-      step.events.splice(i, 0, e);
+      const n = step.times.length;
+      if (n && step.times[n - 1] > t) {
+        const i = bisect(step.times, t);
+        step.times.splice(i, 0, t);
+        step.events.splice(i, 0, e);
+      } else {
+        step.times.push(t);
+        step.events.push(e);
+      }
       step.first = Math.min(step.first, t);
       step.lastTime = Math.max(step.lastTime, t);
       step.last = e;

@@ -7,12 +7,14 @@ browser tests are skipped with a loud notice, or fail under EVENTLOG_REQUIRE_BRO
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
@@ -133,7 +135,10 @@ class Service:
     async def post(self, body: Any, *, batch: bool = False) -> dict[str, Any]:
         """Post one event (or a batch) and return the reply."""
         path = "/api/events/batch" if batch else "/api/events"
-        async with self.session.post(self.url(path), json=body, headers=self.headers) as reply:
+        # (a stream, not bytes: aiohttp warns about large bodies sent in one piece)
+        data = io.BytesIO(orjson.dumps(body))
+        headers = {**self.headers, "Content-Type": "application/json"}
+        async with self.session.post(self.url(path), data=data, headers=headers) as reply:
             assert reply.status == 200, await reply.text()
             return await reply.json()
 
