@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import attrs
@@ -76,7 +77,7 @@ def _reply(request: web.Request, asset: Asset, headers: dict[str, str]) -> web.R
     )
 
 
-def _page(name: str) -> web.Handler:
+def _page(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def page(request: web.Request) -> web.Response:
         """A page of the event browser (its data comes from /api/)."""
         execution_id = request.match_info.get("execution_id")
