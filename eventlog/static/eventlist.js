@@ -96,7 +96,7 @@ const COLUMNS = {
   type: ['Event type', (e) => e.event_type],
   status: ['Status', (e) => statusPill(e.status)],
   worker: ['Worker', (e) => e.worker_id ?? ''],
-  link: ['Link', (e) => h('a', { href: `#event-${e.event_id}`, class: 'permalink', tabindex: '-1', title: `Link to event ${e.event_id}` }, '#')],
+  link: ['', (e) => h('a', { href: `#event-${e.event_id}`, class: 'permalink', tabindex: '-1', title: `Link to event ${e.event_id}` }, '#')],
 };
 
 export class VirtualList {

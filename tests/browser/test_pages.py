@@ -57,8 +57,9 @@ def workflow(execution_id: int) -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: e["created_at"])
 
 
-async def test_each_page_loads_with_no_console_errors(service, screen):
-    """/, /executions/{id} and /events load, show their data, and log no error or warning."""
+async def test_each_page_loads_with_no_console_errors(service, screen, screen_factory):
+    """/, /executions/{id} and /events load, show their data, and log no error or warning;
+    the execution page also in the dark scheme."""
     await service.post(workflow(7001), batch=True)
     await service.post(workflow(7002), batch=True)
     page = screen.page
@@ -75,6 +76,12 @@ async def test_each_page_loads_with_no_console_errors(service, screen):
     await page.wait_for_selector(".vrow[data-event-id]")
     await screen.shot("events")
     assert screen.errors == []
+    dark = await screen_factory(color_scheme="dark")
+    await dark.page.goto(service.url("/executions/7002"))
+    await dark.page.wait_for_selector("body[data-loaded='11']")
+    await dark.page.click(".vrow[data-event-id] >> nth=8")
+    await dark.shot("execution-dark")
+    assert dark.errors == []
 
 
 def ms(timestamp: str) -> float:
