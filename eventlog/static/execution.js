@@ -1,6 +1,6 @@
 // One execution: its summary, timeline, filtered event list and inspector, followed live.
 import {
-  ApiError, LiveStream, formatDuration, formatTime, getJSON, h, inspector, liveBadge, notice, number,
+  LiveStream, formatDuration, formatTime, getJSON, h, inspector, liveBadge, notice, number,
   onZoneChange, shell, statusPill, toMs, zone,
 } from './common.js';
 import { Filters, VirtualList } from './eventlist.js';
@@ -63,12 +63,7 @@ function showSummary(summary) {
 
 let summary = null;
 async function refreshSummary() {
-  try {
-    summary = await getJSON(`executions/${id}`);
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 404)) throw err;
-    summary = null;
-  }
+  summary = await getJSON(`executions/${id}`);
   showSummary(summary);
 }
 
@@ -128,7 +123,6 @@ function exportNdjson() {
 async function load() {
   const loading = notice('Loading events…');
   message.replaceChildren(loading);
-  const summaryDone = refreshSummary();
   const fetchPage = (after) => getJSON(`executions/${id}/events`, { limit: PAGE, after, order: 'asc' });
   // The first page is shown at once; the rest are gathered and shown together (one layout,
   // one count of the filters), each next page already on its way while one is unpacked.
@@ -143,7 +137,9 @@ async function load() {
     if (!page.next_cursor) break;
   }
   add(rest);
-  await summaryDone;
+  // An execution without events has no summary yet (a 404): ask only once there is one.
+  if (events.length) await refreshSummary();
+  else showSummary(null);
   message.replaceChildren();
   if (!events.length) message.append(notice('No events for this execution yet: they appear here as they are written.'));
   fromHash();

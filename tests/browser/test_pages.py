@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from playwright.async_api import expect
 
@@ -368,4 +369,35 @@ async def test_ten_thousand_events_render_within_a_second(service, screen):
     await expect(page.locator(".tl-label")).to_have_count(40)
     await screen.shot("execution-10k")
     assert sorted(t[0] for t in timings)[1] <= 1000, timings
+    assert screen.errors == []
+
+
+async def test_export_saves_the_executions_events_as_ndjson(service, screen):
+    """Export NDJSON saves every event as the API returns it, one per line, in commit order,
+    with integers past 2^53 kept digit for digit."""
+    await service.post(workflow(8101), batch=True)
+    page = screen.page
+    await page.goto(service.url("/executions/8101"))
+    await page.wait_for_selector("body[data-loaded='11']")
+    async with page.expect_download() as info:
+        await page.click("button:has-text('Export NDJSON')")
+    download = await info.value
+    assert download.suggested_filename == "execution-8101.ndjson"
+    text = (await download.path()).read_text()
+    assert text.count('"big":9223372036854775807') == 11
+    stored = await service.get("/api/executions/8101/events?limit=100")
+    assert [orjson.loads(line) for line in text.splitlines()] == stored["events"]
+
+
+async def test_an_execution_without_events_waits_for_its_first(service, screen):
+    """An execution page opened before its first event says so, without an error, and shows
+    the event when it comes."""
+    page = screen.page
+    await page.goto(service.url("/executions/8201"))
+    await page.wait_for_selector("body[data-loaded='0']")
+    await page.wait_for_selector(".live[data-state='live']")
+    await expect(page.locator(".notice")).to_contain_text("No events for this execution yet")
+    await service.post({"execution_id": "8201", "event_type": "step.enter", "step": "first"})
+    await page.wait_for_selector(".tl-label[data-step='first']")
+    await expect(page.locator(".summary-status .pill")).to_have_text("RUNNING")
     assert screen.errors == []
