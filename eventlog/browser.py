@@ -18,12 +18,26 @@ from aiohttp import web
 from .ids import MAX_ID
 from .problems import NotFound
 
-# page path -> its file; aiohttp indexes routes by their leading path, so none of these is
-# looked at while resolving an /api/ path.
+
+@attrs.frozen
+class Page:
+    """One page: its script (and the modules it imports, preloaded), its title, and the way
+    back to the app's root from its path (relative, so that a mount prefix needs nothing)."""
+
+    script: str
+    title: str
+    root: str
+    imports: tuple[str, ...]
+
+
+# aiohttp indexes routes by their leading path, so none of these is looked at while resolving
+# an /api/ path.
 PAGES = {
-    "/": "executions.html",
-    "/executions/{execution_id:[1-9][0-9]{0,18}}": "execution.html",
-    "/events": "events.html",
+    "/": Page("executions", "Executions", "./", ("common",)),
+    "/executions/{execution_id:[1-9][0-9]{0,18}}": Page(
+        "execution", "Execution", "../", ("common", "eventlist", "timeline")
+    ),
+    "/events": Page("events", "Live feed", "./", ("common", "eventlist")),
 }
 ASSETS = "/assets/{name}"
 
@@ -53,16 +67,38 @@ class Asset:
     etag: str
 
 
+def _asset(body: bytes, kind: str) -> Asset:
+    return Asset(body, _TYPES[kind], f'"{hashlib.sha256(body).hexdigest()[:20]}"')
+
+
 @functools.cache
 def assets() -> dict[str, Asset]:
-    """Every file under eventlog/static, by name."""
+    """Every file under eventlog/static, by name (the page template excepted)."""
     found = {}
     for entry in resources.files("eventlog").joinpath("static").iterdir():
         kind = entry.name.rpartition(".")[2]
-        if entry.is_file() and kind in _TYPES:
-            body = entry.read_bytes()
-            etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
-            found[entry.name] = Asset(body, _TYPES[kind], etag)
+        if entry.is_file() and kind in _TYPES and kind != "html":
+            found[entry.name] = _asset(entry.read_bytes(), kind)
+    return found
+
+
+@functools.cache
+def pages() -> dict[str, Asset]:
+    """Each page's HTML, by route path: the one template, filled in once."""
+    template = resources.files("eventlog").joinpath("static", "page.html").read_text()
+    found = {}
+    for path, page in PAGES.items():
+        preload = "".join(
+            f'<link rel="modulepreload" href="{page.root}assets/{name}.js">\n'
+            for name in page.imports
+        )
+        html = (
+            template.replace("{preload}", preload)
+            .replace("{root}", page.root)
+            .replace("{title}", page.title)
+            .replace("{script}", page.script)
+        )
+        found[path] = _asset(html.encode(), "html")
     return found
 
 
@@ -77,13 +113,13 @@ def _reply(request: web.Request, asset: Asset, headers: dict[str, str]) -> web.R
     )
 
 
-def _page(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _page(html: Asset) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def page(request: web.Request) -> web.Response:
         """A page of the event browser (its data comes from /api/)."""
         execution_id = request.match_info.get("execution_id")
         if execution_id is not None and int(execution_id) > MAX_ID:
             raise NotFound(f"no execution {execution_id}: ids end at 2^63-1")
-        return _reply(request, assets()[name], _PAGE_HEADERS)
+        return _reply(request, html, _PAGE_HEADERS)
 
     return page
 
@@ -91,7 +127,7 @@ def _page(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
 async def asset(request: web.Request) -> web.Response:
     """A script, style sheet or icon of the browser."""
     found = assets().get(request.match_info["name"])
-    if found is None or found.content_type.startswith("text/html"):
+    if found is None:
         raise NotFound("no such asset")
     return _reply(request, found, {})
 
@@ -99,6 +135,6 @@ async def asset(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> set[web.AbstractResource]:
     """Register the pages and assets on ``app``; returns their resources, which need no token."""
     assets()  # read now, so a broken install fails at start and not on a first visit
-    added = {app.router.add_get(path, _page(name)).resource for path, name in PAGES.items()}
+    added = {app.router.add_get(path, _page(html)).resource for path, html in pages().items()}
     added.add(app.router.add_get(ASSETS, asset).resource)
     return {r for r in added if r is not None}

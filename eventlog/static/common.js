@@ -187,6 +187,17 @@ export function formatDuration(ms) {
 
 export const number = (n) => n.toLocaleString('en-US');
 
+// ``work`` run once at the next frame, however often this is called before it.
+export function perFrame(work) {
+  let pending = 0;
+  return () => {
+    pending ||= requestAnimationFrame(() => {
+      pending = 0;
+      work();
+    });
+  };
+}
+
 // --- status: a colour and a word (never the colour alone).
 const KNOWN = new Set(['RUNNING', 'COMPLETED', 'FAILED', 'CANCELLED']);
 export const statusKey = (status) => (KNOWN.has(status) ? status.toLowerCase() : 'other');

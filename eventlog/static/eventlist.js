@@ -1,6 +1,6 @@
 // The event list both event pages show: filters with counts kept in the URL, and a virtualised
 // list (only the rows in view exist in the DOM, so 10,000 events cost as much as 40).
-import { formatTime, h, pageHref, statusPill } from './common.js';
+import { formatTime, h, pageHref, perFrame, statusPill } from './common.js';
 
 export const FACETS = [
   ['event_type', 'Type', 'types'],
@@ -107,6 +107,7 @@ export class VirtualList {
     this.rowHeight = rowHeight;
     this.items = [];
     this.selected = null;
+    this.schedule = perFrame(() => this.render());
     this.head = h('div', { class: `vrow vhead cols-${columns.length}`, role: 'row' },
       columns.map((c) => h('span', { role: 'columnheader', class: `c-${c}` }, COLUMNS[c][0])));
     this.spacer = h('div', { class: 'vspacer' });
@@ -141,14 +142,6 @@ export class VirtualList {
 
   scrollToEdge() {
     this.body.scrollTop = this.newestFirst ? 0 : this.body.scrollHeight;
-  }
-
-  schedule() {
-    if (this.pending) return;
-    this.pending = requestAnimationFrame(() => {
-      this.pending = 0;
-      this.render();
-    });
   }
 
   render() {

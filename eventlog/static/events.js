@@ -1,5 +1,5 @@
 // The live feed: every event as it is written, newest first, with the event filters and a pause.
-import { LiveStream, getJSON, h, inspector, liveBadge, notice, number, onZoneChange, shell } from './common.js';
+import { LiveStream, getJSON, h, inspector, liveBadge, notice, number, onZoneChange, perFrame, shell } from './common.js';
 import { Filters, VirtualList } from './eventlist.js';
 
 const KEEP = 10000; // the feed holds the newest events only
@@ -44,12 +44,12 @@ function choose(event) {
   details.replaceChildren(inspector(event, { executionLink: true }));
 }
 
-let frame = 0;
+// Many events a second: redraw once per frame, not once per message.
+const redraw = perFrame(applyFilters);
 function show(batch) {
   events = events.concat(batch);
   if (events.length > KEEP) events = events.slice(events.length - KEEP);
-  // Many events a second: redraw once per frame, not once per message.
-  frame ||= requestAnimationFrame(() => { frame = 0; applyFilters(); });
+  redraw();
 }
 
 function togglePause() {

@@ -1,7 +1,7 @@
 // The timeline of one execution: a row per step (in the order the steps began), a bar from the
 // step's first to its last event and a mark per event, coloured by status, drawn on a canvas so
 // that 10,000 marks cost one paint. Zoom and pan change the time window; rows scroll.
-import { formatDuration, formatTime, h, statusKey, toMs, zone } from './common.js';
+import { formatDuration, formatTime, h, perFrame, statusKey, toMs, zone } from './common.js';
 
 const ROW = 26;
 const AXIS = 26;
@@ -30,6 +30,7 @@ export class Timeline {
   constructor({ onSelect, onStep }) {
     this.onSelect = onSelect;
     this.onStep = onStep;
+    this.draw = perFrame(() => this.paint());
     this.steps = [];
     this.byName = new Map();
     this.match = () => true;
@@ -254,14 +255,6 @@ export class Timeline {
     this.tip.hidden = false;
     this.tip.style.left = `${Math.min(x + 14, this.element.clientWidth - 260)}px`;
     this.tip.style.top = `${y + 14}px`;
-  }
-
-  draw() {
-    if (this.frame) return;
-    this.frame = requestAnimationFrame(() => {
-      this.frame = 0;
-      this.paint();
-    });
   }
 
   paint() {

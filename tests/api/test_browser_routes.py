@@ -7,7 +7,7 @@ import re
 
 from aiohttp import web
 
-from eventlog.browser import PAGES, assets
+from eventlog.browser import PAGES, assets, pages
 from eventlog.config import Settings
 from eventlog.web import create_app
 
@@ -42,7 +42,7 @@ async def test_unknown_paths_and_assets_are_problem_404s(aiohttp_client, tmp_pat
     for path in [
         "/nowhere",
         "/assets/nothing.js",
-        "/assets/execution.html",
+        "/assets/page.html",
         "/assets/../web.py",
         "/executions/abc",
         "/executions/0",
@@ -80,10 +80,19 @@ async def test_pages_are_served_under_a_mount_prefix(aiohttp_client, tmp_path):
     assert (await client.get("/events")).status == 404
 
 
-def test_every_page_file_is_in_the_package():
-    """The page files PAGES names are shipped (package data), with the scripts they load."""
+def test_every_page_and_the_modules_it_loads_are_in_the_package():
+    """Each page's script and the modules it preloads are shipped (package data), and the
+    modules a script imports are the ones its page preloads."""
     files = assets()
-    for name in PAGES.values():
-        assert name in files
-        for module in re.findall(r'assets/([a-z]+\.js)"', files[name].body.decode()):
-            assert module in files
+    for path, page in PAGES.items():
+        html = pages()[path].body.decode()
+        loaded = re.findall(r'assets/([a-z]+\.js)"', html)
+        assert loaded == [f"{name}.js" for name in (*page.imports, page.script)]
+        assert all(name in files for name in loaded)
+        script = files[f"{page.script}.js"].body.decode()
+        imported = set(re.findall(r"from '\./([a-z]+)\.js'", script))
+        for name in list(imported):
+            imported |= set(
+                re.findall(r"from '\./([a-z]+)\.js'", files[f"{name}.js"].body.decode())
+            )
+        assert imported == set(page.imports), path
