@@ -332,7 +332,7 @@ export class Timeline {
       ctx.lineTo(x, AXIS);
       ctx.stroke();
       const label = tick >= 864e5 ? formatTime(t, 'date') : formatTime(t, 'time', tick < 1000 ? 3 : 0);
-      ctx.fillText(label, x + 4, AXIS / 2);
+      if (x + 4 + ctx.measureText(label).width <= this.width) ctx.fillText(label, x + 4, AXIS / 2);
     }
     ctx.beginPath();
     ctx.moveTo(0, AXIS - 0.5);

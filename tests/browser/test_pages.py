@@ -157,6 +157,37 @@ async def test_the_timeline_has_one_row_per_step_coloured_by_status(service, scr
         assert found[step]["pixel"] == found[step]["expected"][status.lower()], (step, found)
 
 
+async def test_hovering_a_mark_shows_its_event_and_clicking_inspects_it(service, screen):
+    """The mark of load_warehouse's failure: hovered, a tooltip names it; clicked, the
+    inspector shows its payload, and the list selects it."""
+    await service.post(workflow(7251), batch=True)
+    page = screen.page
+    await page.goto(service.url("/executions/7251"))
+    await page.wait_for_selector("body[data-loaded='11']")
+    x, y = await page.evaluate(_MARK, "load_warehouse")
+    await page.mouse.move(x, y)
+    tip = page.locator(".tl-tip")
+    await expect(tip).to_be_visible()
+    await expect(tip).to_contain_text("command.failed")
+    await expect(tip).to_contain_text("FAILED · load_warehouse")
+    await page.mouse.click(x, y)
+    await expect(page.locator(".inspector-head h2")).to_have_text("command.failed")
+    await expect(page.locator(".inspector .json").first).to_contain_text('"load_warehouse"')
+    await expect(page.locator(".vrow.selected .c-type")).to_have_text("command.failed")
+    await page.mouse.move(x, y + 1)
+    await screen.shot("timeline-hover")
+    assert screen.errors == []
+
+
+# Where on the page the last mark of a step's row is drawn.
+_MARK = """(step) => {
+  const timeline = window.eventlogTimeline, times = timeline.byName.get(step).times;
+  const box = document.querySelector('.tl-canvas').getBoundingClientRect();
+  const row = document.querySelector(`.tl-label[data-step='${step}']`).getBoundingClientRect();
+  return [box.left + timeline.x(times[times.length - 1]), row.top + row.height / 2];
+}"""
+
+
 _BAR_COLOURS = """() => {
   const canvas = document.querySelector('.tl-canvas');
   const ctx = canvas.getContext('2d');
