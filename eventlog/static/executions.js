@@ -96,7 +96,7 @@ const dirty = new Set();
 let timer = 0;
 function touched(batch) {
   for (const e of batch) dirty.add(e.execution_id);
-  timer ||= setTimeout(refresh, 100);
+  timer ||= setTimeout(refresh, 50);
 }
 
 async function refresh() {
@@ -125,8 +125,11 @@ async function refresh() {
       }
     }
     render();
+  } catch {
+    for (const x of ids) dirty.add(x); // the server is away for a moment: try again later
+    await new Promise((resolve) => setTimeout(resolve, 1000));
   } finally {
-    timer = dirty.size ? setTimeout(refresh, 100) : 0;
+    timer = dirty.size ? setTimeout(refresh, 50) : 0;
   }
 }
 
