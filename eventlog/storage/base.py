@@ -383,8 +383,9 @@ class EventStore(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        """The store for ``settings.dsn``, with the settings that concern this backend."""
+    def from_settings(cls, settings: Settings, **options: Any) -> Self:
+        """The store for ``settings.dsn``, with the settings that concern this backend and
+        ``options``, keyword arguments of its constructor."""
 
     async def __aenter__(self) -> EventStore:
         await self.open()

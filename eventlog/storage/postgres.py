@@ -267,13 +267,14 @@ class PostgresStore(EventStore):
         self._relisten: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PostgresStore:
+    def from_settings(cls, settings: Settings, **options: Any) -> PostgresStore:
         return cls(
             settings.dsn,
             pool_min=settings.pg_pool_min,
             pool_max=settings.pg_pool_max,
             connect_timeout=settings.db_connect_timeout,
             command_timeout=settings.db_command_timeout,
+            **options,
         )
 
     async def open(self) -> None:

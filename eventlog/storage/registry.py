@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import EventStore
 
@@ -49,9 +49,10 @@ def open_store(dsn: str, **options: object) -> EventStore:
     return make(dsn, **options)
 
 
-def store_from_settings(settings: Settings) -> EventStore:
-    """The store ``settings.dsn`` names, configured by the settings (not yet opened)."""
-    return store_class(settings.dsn).from_settings(settings)
+def store_from_settings(settings: Settings, **options: Any) -> EventStore:
+    """The store ``settings.dsn`` names, configured by the settings and ``options`` (the
+    backend's own keyword arguments); not yet opened."""
+    return store_class(settings.dsn).from_settings(settings, **options)
 
 
 register("sqlite", "eventlog.storage.sqlite:SqliteStore")

@@ -212,8 +212,8 @@ class SqliteStore(EventStore):
         self._reader: aiosqlite.Connection | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SqliteStore:
-        return cls(settings.dsn, synchronous=settings.sqlite_synchronous)
+    def from_settings(cls, settings: Settings, **options: Any) -> SqliteStore:
+        return cls(settings.dsn, synchronous=settings.sqlite_synchronous, **options)
 
     def _pragmas(self) -> list[str]:
         return [
