@@ -151,6 +151,9 @@ class EventLog:
         first receipt comes back marked ``replayed`` (and no events); another request under the
         key raises IdempotencyConflict.
         """
+        if not envelopes and idempotency is None:
+            # An empty batch (producers flush empty buffers): nothing to write, nothing to keep.
+            return Receipt(str(self.ids.next_id()), (), ()), []
         if self._redact:
             envelopes = [self._redacted(e) for e in envelopes]
         received_at = now()

@@ -109,6 +109,11 @@ def _id_in(low: int) -> dict[str, Any]:
 _NO_NUL = r"^[^\x00]*$"
 _STATUS_IN = status.STATUS_PATTERN.pattern.replace("A-Z", "A-Za-z")
 
+_JSON_LIMITS = (
+    f"any JSON value nesting at most {codec.MAX_DEPTH} levels of arrays and objects; numbers "
+    f"are finite 64-bit floats or integers of at most {codec.MAX_INT_DIGITS} digits"
+)
+
 # Every type an Envelope field may have, and what the codec's strict hook for it accepts.
 _WIRE_TYPES: dict[Any, dict[str, Any]] = {
     ExecutionId: _id_in(1),
@@ -124,11 +129,13 @@ _WIRE_TYPES: dict[Any, dict[str, Any]] = {
         "type": "string",
         "format": "date-time",
         "pattern": f"^{codec._RFC3339.pattern}$",
-        "description": "RFC 3339 with an offset (Z or +hh:mm); stored in UTC",
+        "description": "RFC 3339 with an offset (Z or +hh:mm); stored in UTC; the instant "
+        f"must fall between {codec.format_timestamp(codec.EARLIEST)} and "
+        f"{codec.format_timestamp(codec.LATEST)}",
     },
     ResultKind: {"enum": list(RESULT_KINDS)},
-    JsonValue: {},
-    JsonObject: {"type": "object"},
+    JsonValue: {"description": _JSON_LIMITS},
+    JsonObject: {"type": "object", "description": _JSON_LIMITS},
     IdList: {"type": "array", "items": _id_in(0)},
     bool: {"type": "boolean"},
 }
@@ -198,7 +205,6 @@ def _batch_object_schema() -> dict[str, Any]:
     schema = _fields_schema(codec._BatchHeader, [])
     schema["properties"]["events"] = {
         "type": "array",
-        "minItems": 1,
         "items": _schema("BatchItem"),
     }
     schema.setdefault("allOf", []).insert(0, {"required": ["events"]})
@@ -587,15 +593,13 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
                     "schema": {
                         "oneOf": [
                             _schema("BatchObject"),
-                            {"type": "array", "minItems": 1, "items": _schema("Envelope")},
+                            {"type": "array", "items": _schema("Envelope")},
                         ]
                     },
                     "examples": _BATCH_EXAMPLES,
                 },
                 **{
-                    media: {
-                        "schema": {"type": "array", "minItems": 1, "items": _schema("Envelope")}
-                    }
+                    media: {"schema": {"type": "array", "items": _schema("Envelope")}}
                     for media in routes.NDJSON
                 },
             },
