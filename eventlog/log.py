@@ -17,8 +17,8 @@ from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
 from .nodes import NodeIds
 from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound, Problem
-from .storage.base import EventStore, Execution, Page, StoreError, open_store
-from .stream import CutOff, Filter, Hub, Subscription
+from .storage.base import EventStore, Execution, Filter, Page, StoreError, open_store
+from .stream import CutOff, Hub, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -272,9 +272,13 @@ class EventLog:
             raise NotFound(f"no execution with id {execution_id}")
         return found
 
-    async def executions(self, before: int | None = None, limit: int = 100) -> list[Execution]:
-        """Executions by newest activity first, older than the ``before`` cursor."""
-        return await self._reading(lambda: self.store.executions(before, limit))
+    async def executions(
+        self, before: int | None = None, limit: int = 100, *, status: str | None = None
+    ) -> list[Execution]:
+        """Executions by newest activity first, older than the ``before`` cursor; only those
+        with ``status`` (in any case) when given."""
+        wanted = None if status is None else status.upper()
+        return await self._reading(lambda: self.store.executions(before, limit, wanted))
 
     async def ready(self) -> None:
         """Raise DatabaseUnavailable unless the store answers, needs no migration, and this

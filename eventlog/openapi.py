@@ -9,6 +9,7 @@ written here, and the tests hold the replies of a running service against them.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -53,6 +54,7 @@ from .problems import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from .storage.base import FILTERS
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -386,8 +388,15 @@ def _components() -> dict[str, Any]:
         "Order": _param("order", "query", {"enum": ["asc", "desc"], "default": "asc"}),
         **{
             f"Filter_{name}": _param(name, "query", text, f"only events with this {name}")
-            for name in ("event_type", "step", "status", "worker_id")
+            for name in FILTERS
         },
+        # Statuses are stored upper-cased, so a status filter ignores case.
+        "Filter_status": _param(
+            "status", "query", {"type": "string"}, "only events with this status (any case)"
+        ),
+        "ExecutionStatus": _param(
+            "status", "query", {"type": "string"}, "only executions with this status (any case)"
+        ),
         "IdempotencyKey": _param(
             "Idempotency-Key",
             "header",
@@ -448,6 +457,22 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str = "")
 # --- operations ---------------------------------------------------------------------------
 
 
+def query_parameters(method: str, path: str) -> frozenset[str]:
+    """The query parameters the operation at (method, path) takes (HEAD: those of GET)."""
+    return _query_names().get(("GET" if method == "HEAD" else method, path), frozenset())
+
+
+@functools.cache
+def _query_names() -> dict[tuple[str, str], frozenset[str]]:
+    parameters = _components()["parameters"]
+    return {
+        key: frozenset(
+            parameters[p]["name"] for p in operation.parameters if parameters[p]["in"] == "query"
+        )
+        for key, operation in OPERATIONS.items()
+    }
+
+
 def operation_id(method: str, path: str) -> str:
     """A name for the operation: get_api_events_event_id."""
     words = path.replace("{", "").replace("}", "").replace(".", "_").strip("/").split("/")
@@ -482,7 +507,7 @@ _WRITE = (
     Overloaded,
     DatabaseUnavailable,
 )
-_FILTERS = tuple(f"Filter_{n}" for n in ("event_type", "step", "status", "worker_id"))
+_FILTERS = tuple(f"Filter_{n}" for n in FILTERS)
 _STREAM = _reply(
     "Server-Sent Events, never ending: each event is a message whose id is its seq and whose "
     "data is the Event; a comment line after each quiet heartbeat; a subscriber too far behind "
@@ -609,7 +634,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "The feed: the whole log in commit order, filtered, a page at a time",
         {200: _reply("A page", schema=_schema("EventPage"))},
         _READ,
-        ("After", "Limit", "ExecutionIdQuery", *_FILTERS),
+        ("After", "Limit", "Order", "ExecutionIdQuery", *_FILTERS),
     ),
     ("GET", "/api/events/stream"): _Operation(
         "The log as Server-Sent Events (filters as for the feed)",
@@ -627,7 +652,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "Executions by newest activity first",
         {200: _reply("A page", schema=_schema("ExecutionPage"))},
         _READ,
-        ("After", "Limit"),
+        ("After", "Limit", "ExecutionStatus"),
     ),
     ("GET", "/api/executions/{execution_id}"): _Operation(
         "One execution at a glance",

@@ -19,37 +19,12 @@ from collections.abc import AsyncIterator
 import attrs
 
 from .envelope import Event
-from .storage.base import EventStore, Page, StoreError
+from .storage.base import EventStore, Filter, Page, StoreError
 
 log = logging.getLogger("eventlog.stream")
 
 READ_PAGE = 1000
 COALESCE = 0.02  # seconds a wake-up waits for more commits before reading
-
-
-@attrs.frozen
-class Filter:
-    """What a subscriber wants; None matches anything."""
-
-    execution_id: int | None = None
-    event_type: str | None = None
-    step: str | None = None
-    status: str | None = None
-    worker_id: str | None = None
-
-    def matches(self, e: Event) -> bool:
-        """Whether ``e`` passes every set field."""
-        return (
-            (self.execution_id is None or e.execution_id == self.execution_id)
-            and (self.event_type is None or e.event_type == self.event_type)
-            and (self.step is None or e.step == self.step)
-            and (self.status is None or e.status == self.status)
-            and (self.worker_id is None or e.worker_id == self.worker_id)
-        )
-
-    def page(self, **bounds: int | None) -> Page:
-        """A store page with these filters and bounds."""
-        return Page(**attrs.asdict(self), **bounds)  # type: ignore[arg-type]
 
 
 class CutOff(Exception):

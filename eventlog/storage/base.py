@@ -32,27 +32,61 @@ class ValueNotStorable(StoreError):
     """A value cannot be held by this database (a client error, not an outage)."""
 
 
+def _upper(status: str | None) -> str | None:
+    # Stored statuses are upper-cased on the way in, so a filter on them ignores case.
+    return None if status is None else status.upper()
+
+
 @attrs.frozen
-class Page:
-    """Which slice of the log to read: events in seq order, past a cursor, matching filters."""
+class Filter:
+    """Which events a reader wants: the feed's filters (this class is their one definition:
+    FILTERS, the query parameters, the client's and the CLI's options derive from it)."""
 
     execution_id: int | None = None
+    event_type: str | None = None
+    step: str | None = None
+    status: str | None = attrs.field(default=None, converter=_upper)
+    worker_id: str | None = None
+
+    def matches(self, e: Event) -> bool:
+        """Whether ``e`` passes every set field."""
+        for name in _FILTER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and getattr(e, name) != value:
+                return False
+        return True
+
+    def page(self, **bounds: int | bool | None) -> Page:
+        """A store page with these filters and bounds."""
+        chosen = {name: getattr(self, name) for name in _FILTER_FIELDS}
+        return Page(**chosen, **bounds)  # type: ignore[arg-type]
+
+    def conditions(self) -> list[tuple[str, str, object]]:
+        """(column, operator, value) for every set filter, in a fixed order."""
+        return [
+            (name, "=", getattr(self, name))
+            for name in _FILTER_FIELDS
+            if getattr(self, name) is not None
+        ]
+
+
+_FILTER_FIELDS = tuple(f.name for f in attrs.fields(Filter))
+# The filters beyond the execution: what the feed, the streams and their clients take by name.
+FILTERS = _FILTER_FIELDS[1:]
+
+
+@attrs.frozen
+class Page(Filter):
+    """Which slice of the log to read: events in seq order, past a cursor, matching filters."""
+
     after: int | None = None  # a seq; the page starts just past it in the chosen order
     limit: int = 100
     descending: bool = False
     until: int | None = None  # a seq; nothing past it
-    event_type: str | None = None
-    step: str | None = None
-    status: str | None = None
-    worker_id: str | None = None
 
     def conditions(self) -> list[tuple[str, str, object]]:
         """(column, operator, value) for every bound of this page, in a fixed order."""
-        out: list[tuple[str, str, object]] = []
-        for column in ("execution_id", "event_type", "step", "status", "worker_id"):
-            value = getattr(self, column)
-            if value is not None:
-                out.append((column, "=", value))
+        out = super().conditions()
         if self.after is not None:
             out.append(("seq", "<" if self.descending else ">", self.after))
         if self.until is not None:
@@ -367,8 +401,11 @@ class EventStore(abc.ABC):
         """One execution's summary."""
 
     @abc.abstractmethod
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
-        """Executions by newest activity first (their last seq), those with last seq < before."""
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        """Executions by newest activity first (their last seq), those with last seq < before
+        (and this status, when given)."""
 
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another process commits events (where the database can tell;

@@ -507,13 +507,18 @@ class PostgresStore(EventStore):
             )
         return None if row is None else Execution(*row)
 
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        chosen = "" if status is None else " AND status = $3"
+        args = () if status is None else (status,)
         with _translated():
             rows = await self.pool.fetch(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1 "
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1{chosen} "
                 "ORDER BY last_seq DESC LIMIT $2",
                 2**63 - 1 if before is None else before,
                 limit,
+                *args,
             )
         return [Execution(*r) for r in rows]
 

@@ -436,12 +436,16 @@ class SqliteStore(EventStore):
             row = await cursor.fetchone()
         return None if row is None else _execution(row)
 
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        chosen = "" if status is None else " AND status = ?"
+        args = () if status is None else (status,)
         with _translated():
             cursor = await self._r.execute(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < ? "
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < ?{chosen} "
                 "ORDER BY last_seq DESC LIMIT ?",
-                (2**63 - 1 if before is None else before, limit),
+                (2**63 - 1 if before is None else before, *args, limit),
             )
             rows = await cursor.fetchall()
         return [_execution(r) for r in rows]
