@@ -513,6 +513,9 @@ class EventLogClient:
                                 cut_off = True
                                 last = seq
                                 break
+                            if message.event == "unreadable":  # the server skips it
+                                log.error("the stream skipped a stored row: %s", message.data)
+                                last = seq
                             if message.event == "message" and message.data:
                                 event = loads(message.data.encode())
                                 last = seq

@@ -16,7 +16,15 @@ from .envelope import Envelope, Event
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
 from .nodes import NodeIds
-from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound, Problem
+from .problems import (
+    DatabaseUnavailable,
+    FieldError,
+    InvalidEnvelope,
+    NotFound,
+    Problem,
+    UnreadableRow,
+)
+from .storage import base as storage
 from .storage.base import EventStore, Execution, Filter, Page, StoreError, open_store
 from .stream import CutOff, Hub, Subscription
 
@@ -298,6 +306,10 @@ class EventLog:
     async def _reading(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
+        except storage.UnreadableRow as e:
+            self.metrics.store_errors.labels("read").inc()
+            log.error("%s", e)
+            raise UnreadableRow(str(e)) from e
         except StoreError as e:
             self.metrics.store_errors.labels("read").inc()
             raise _unavailable(e) from e
@@ -353,8 +365,9 @@ async def _follow(
         while True:
             try:
                 async for chunk in current[0].chunks():
-                    for event in chunk or ():
-                        yield event
+                    if isinstance(chunk, list):  # (an unreadable row was logged where met)
+                        for event in chunk:
+                            yield event
                 return  # the log closed
             except CutOff as e:
                 current[0].close()

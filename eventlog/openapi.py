@@ -52,6 +52,7 @@ from .problems import (
     Problem,
     TooManyEvents,
     Unauthorized,
+    UnreadableRow,
     UnsupportedMediaType,
 )
 from .storage.base import FILTERS
@@ -494,7 +495,7 @@ def _reply(description: str, media: str = JSON, schema: dict[str, Any] | None = 
     return {"description": description, "content": {media: {"schema": schema or {}}}}
 
 
-_READ = (InvalidParameter, DatabaseUnavailable)
+_READ = (InvalidParameter, UnreadableRow, DatabaseUnavailable)
 _WRITE = (
     InvalidJson,
     EmptyBody,
@@ -511,7 +512,9 @@ _FILTERS = tuple(f"Filter_{n}" for n in FILTERS)
 _STREAM = _reply(
     "Server-Sent Events, never ending: each event is a message whose id is its seq and whose "
     "data is the Event; a comment line after each quiet heartbeat; a subscriber too far behind "
-    "gets a final `event: cutoff` message and is disconnected.",
+    "gets a final `event: cutoff` message and is disconnected; a stored row that cannot be "
+    "read is an `event: unreadable` message naming it, whose id is its seq, and the stream "
+    "goes on.",
     SSE,
     {"type": "string"},
 )

@@ -39,7 +39,7 @@ from .problems import (
     bearer_auth_middleware,
     error_response,
 )
-from .storage.base import FILTERS, Filter, Page, StoreError
+from .storage.base import FILTERS, Filter, Page, StoreError, UnreadableRow
 from .stream import CutOff, Subscription
 
 log = logging.getLogger("eventlog")
@@ -472,6 +472,8 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
             async for chunk in subscription.chunks():
                 if chunk is None:
                     await response.write(b": keep-alive\n\n")
+                elif isinstance(chunk, UnreadableRow):
+                    await response.write(_unreadable(chunk))
                 else:
                     await response.write(b"".join(_sse(request.app, e) for e in chunk))
             # The log is closing: say so, and where to resume, rather than just hanging up.
@@ -489,6 +491,18 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
     finally:
         request.app[STREAMS].discard(subscription)
     return response
+
+
+def _unreadable(row: UnreadableRow) -> bytes:
+    """A stored row the stream cannot send: said, not skipped in silence; its id moves a
+    resuming reader past it."""
+    data = {
+        "reason": str(row),
+        "seq": str(row.seq),
+        "execution_id": None if row.execution_id is None else str(row.execution_id),
+        "event_id": None if row.event_id is None else str(row.event_id),
+    }
+    return b"event: unreadable\nid: %d\ndata: %s\n\n" % (row.seq or 0, orjson.dumps(data))
 
 
 def _final(kind: str, reason: str, resume_after: int) -> bytes:

@@ -6,7 +6,7 @@ import abc
 import os
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, ClassVar
@@ -26,6 +26,32 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached or refused the work; retrying later may succeed."""
+
+
+class UnreadableRow(StoreError):
+    """A stored row this version cannot render (written by something else, or by a version
+    that accepted what it should not have): it names the row and carries the rows of the same
+    read that came before it, so a reader that follows the log can go on past it."""
+
+    def __init__(
+        self,
+        row: Sequence[Any],
+        reason: str,
+        readable: list[Any],
+        *,
+        execution: bool = False,
+    ) -> None:
+        def number(value: Any) -> int | None:
+            return value if type(value) is int else None
+
+        if execution:
+            self.seq, self.execution_id, self.event_id = None, number(row[0]), None
+            what = f"the summary of execution {row[0]!r}"
+        else:
+            self.seq, self.execution_id, self.event_id = map(number, row[:3])
+            what = f"the event at seq {row[0]!r} (execution {row[1]!r}, event {row[2]!r})"
+        super().__init__(f"{what} is stored in a form that cannot be read: {reason}")
+        self.readable = readable
 
 
 class ValueNotStorable(StoreError):
@@ -203,6 +229,43 @@ def event_from_row(row: Sequence[Any], moment: Callable[[Any], datetime]) -> Eve
         ingested_at=moment(row[15]),
         defaulted=row[16],
     )
+
+
+def _finite(moment: datetime, name: str) -> None:
+    # asyncpg reads PostgreSQL's -infinity and infinity as naive datetimes.
+    if moment.tzinfo is None:
+        raise ValueError(f"{name} is not a finite instant")
+
+
+def read_events(rows: Iterable[Sequence[Any]], moment: Callable[[Any], datetime]) -> list[Event]:
+    """Events from rows (see event_from_row); UnreadableRow at the first one that cannot be
+    rendered."""
+    events: list[Event] = []
+    for row in rows:
+        try:
+            event = event_from_row(row, moment)
+            _finite(event.created_at, "created_at")
+            _finite(event.ingested_at, "ingested_at")
+        except (ValueError, TypeError, OverflowError) as e:
+            raise UnreadableRow(row, str(e) or type(e).__name__, events) from e
+        events.append(event)
+    return events
+
+
+def read_executions(
+    rows: Iterable[Sequence[Any]], make: Callable[[Sequence[Any]], Execution]
+) -> list[Execution]:
+    """Execution summaries from rows; UnreadableRow at the first that cannot be rendered."""
+    found: list[Execution] = []
+    for row in rows:
+        try:
+            execution = make(row)
+            _finite(execution.first_event_at, "first_event_at")
+            _finite(execution.last_event_at, "last_event_at")
+        except (ValueError, TypeError, OverflowError) as e:
+            raise UnreadableRow(row, str(e) or type(e).__name__, found, execution=True) from e
+        found.append(execution)
+    return found
 
 
 def load_migrations(backend: str) -> list[Migration]:
