@@ -22,7 +22,7 @@ from .problems import (
     InvalidEnvelope,
     NotFound,
     Problem,
-    UnreadableRow,
+    UnreadableStoredRow,
 )
 from .storage import base as storage
 from .storage.base import EventStore, Execution, Filter, Page, StoreError, open_store
@@ -309,7 +309,7 @@ class EventLog:
         except storage.UnreadableRow as e:
             self.metrics.store_errors.labels("read").inc()
             log.error("%s", e)
-            raise UnreadableRow(str(e)) from e
+            raise UnreadableStoredRow(str(e)) from e
         except StoreError as e:
             self.metrics.store_errors.labels("read").inc()
             raise _unavailable(e) from e

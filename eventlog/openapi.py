@@ -52,7 +52,7 @@ from .problems import (
     Problem,
     TooManyEvents,
     Unauthorized,
-    UnreadableRow,
+    UnreadableStoredRow,
     UnsupportedMediaType,
 )
 from .storage.base import FILTERS
@@ -495,7 +495,7 @@ def _reply(description: str, media: str = JSON, schema: dict[str, Any] | None = 
     return {"description": description, "content": {media: {"schema": schema or {}}}}
 
 
-_READ = (InvalidParameter, UnreadableRow, DatabaseUnavailable)
+_READ = (InvalidParameter, UnreadableStoredRow, DatabaseUnavailable)
 _WRITE = (
     InvalidJson,
     EmptyBody,

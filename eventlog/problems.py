@@ -90,7 +90,7 @@ UnsupportedMediaType = _problem(415, "unsupported_media_type", "Unsupported medi
 InvalidEnvelope = _problem(422, "invalid_envelope", "The event envelope is invalid")
 # 502: the database handed back a row this version cannot render. Not a 503 (retrying will
 # not help) and not a 500 (nothing crashed): the detail names the row for an operator.
-UnreadableRow = _problem(502, "unreadable_row", "A stored row cannot be read")
+UnreadableStoredRow = _problem(502, "unreadable_row", "A stored row cannot be read")
 Overloaded = _problem(503, "overloaded", "The service is overloaded")
 DatabaseUnavailable = _problem(503, "db_unavailable", "The database is unavailable")
 InternalError = _problem(500, "internal_error", "Internal error")

@@ -40,11 +40,18 @@ scalars = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | odd_text
 )
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(odd_text, inner, max_size=5),
-    max_leaves=25,
-)
+
+
+def json_trees(leaves: Any, keys: Any, size: int, max_leaves: int) -> Any:
+    """JSON arrays and objects of ``leaves``, their keys drawn from ``keys``."""
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=size) | st.dictionaries(keys, inner, max_size=size),
+        max_leaves=max_leaves,
+    )
+
+
+json_values = json_trees(scalars, odd_text, 5, 25)
 
 
 @st.composite
@@ -229,11 +236,7 @@ edge_text = (
     | st.sampled_from(["x" * 20_000, "𝄞" * 5_000, "\x00" * 10, "\U0010ffff", "\ufffe"])
 )
 edge_scalars = st.none() | st.booleans() | edge_integers | edge_floats | edge_text
-edge_values = st.recursive(
-    edge_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(edge_text, inner, max_size=4),
-    max_leaves=12,
-)
+edge_values = json_trees(edge_scalars, edge_text, 4, 12)
 
 
 @st.composite
