@@ -80,6 +80,7 @@ MAX_INT_DIGITS = 4300
 # How deeply arrays and objects may nest inside payload and meta: the depth orjson writes
 # (tests/test_codec.py pins it), so every value that passes is written by the fast path.
 MAX_DEPTH = 254
+_INT_BOUND = 10**MAX_INT_DIGITS
 
 
 def _float(text: str) -> float | Unrepresentable:
@@ -214,6 +215,8 @@ def _unstorable(value: Any) -> str | None:
                 return f"nests deeper than {MAX_DEPTH} levels of arrays and objects"
             children = item.values() if kind is dict else item
             pending.extend((child, depth + 1) for child in children)
+        elif kind is int and not -_INT_BOUND < item < _INT_BOUND:  # (from the library API)
+            return f"holds an integer of more than {MAX_INT_DIGITS} digits"
         elif kind is Unrepresentable:
             return (
                 f"holds the number {_shortened(item.text)}, which is outside what is kept (a finite "

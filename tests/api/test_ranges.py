@@ -142,13 +142,17 @@ async def test_one_nesting_limit_one_code_on_every_way_in(client, depth):
         assert {"path": where, "message": TOO_DEEP} in problem["errors"], problem
 
 
-async def test_one_nesting_limit_through_the_library(event_log: EventLog):
-    """The library API refuses the same payloads, with the same message."""
+async def test_the_same_limits_through_the_library(event_log: EventLog):
+    """The library API refuses the same payloads, with the same messages."""
     for depth in (MAX_DEPTH + 1, 5000):
         with pytest.raises(InvalidEnvelope, match=f"deeper than {MAX_DEPTH} levels"):
             await event_log.append(envelope(payload=nested(depth)))
     appended = await event_log.append(envelope(payload=nested(MAX_DEPTH)))
     assert appended.event.payload == nested(MAX_DEPTH)
+    with pytest.raises(InvalidEnvelope, match=f"more than {MAX_INT_DIGITS} digits"):
+        await event_log.append(envelope(payload=[10**MAX_INT_DIGITS]))
+    appended = await event_log.append(envelope(payload=[10**MAX_INT_DIGITS - 1]))
+    assert appended.event.payload == [10**MAX_INT_DIGITS - 1]
 
 
 async def test_unbalanced_deep_body_is_still_not_json(client):
