@@ -55,7 +55,7 @@ from .problems import (
     UnreadableStoredRow,
     UnsupportedMediaType,
 )
-from .storage.base import FILTERS
+from .storage.base import FILTERS, Filter
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -388,13 +388,16 @@ def _components() -> dict[str, Any]:
         "After": _param("after", "query", after, "a next_cursor: start just past it"),
         "Order": _param("order", "query", {"enum": ["asc", "desc"], "default": "asc"}),
         **{
-            f"Filter_{name}": _param(name, "query", text, f"only events with this {name}")
-            for name in FILTERS
+            f"Filter_{f.name}": _param(
+                f.name,
+                "query",
+                {"type": "string"} if f.metadata.get("any_case") else text,
+                f"only events with this {f.name}"
+                + (" (any case)" if f.metadata.get("any_case") else ""),
+            )
+            for f in attrs.fields(Filter)
+            if f.name in FILTERS
         },
-        # Statuses are stored upper-cased, so a status filter ignores case.
-        "Filter_status": _param(
-            "status", "query", {"type": "string"}, "only events with this status (any case)"
-        ),
         "ExecutionStatus": _param(
             "status", "query", {"type": "string"}, "only executions with this status (any case)"
         ),

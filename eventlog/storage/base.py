@@ -71,7 +71,7 @@ class Filter:
     execution_id: int | None = None
     event_type: str | None = None
     step: str | None = None
-    status: str | None = attrs.field(default=None, converter=_upper)
+    status: str | None = attrs.field(default=None, converter=_upper, metadata={"any_case": True})
     worker_id: str | None = None
 
     def matches(self, e: Event) -> bool:
