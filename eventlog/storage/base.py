@@ -44,9 +44,9 @@ class UnreadableRow(StoreError):
         def number(value: Any) -> int | None:
             return value if type(value) is int else None
 
-        if execution:
-            self.seq, self.execution_id, self.event_id = None, number(row[0]), None
-            what = f"the summary of execution {row[0]!r}"
+        if execution:  # (its last seq is the listing's cursor: ?after= it pages past it)
+            self.seq, self.execution_id, self.event_id = number(row[5]), number(row[0]), None
+            what = f"the summary of execution {row[0]!r} (last seq {row[5]!r})"
         else:
             self.seq, self.execution_id, self.event_id = map(number, row[:3])
             what = f"the event at seq {row[0]!r} (execution {row[1]!r}, event {row[2]!r})"

@@ -31,6 +31,12 @@ async def sclient(aiohttp_client, settings):
     return await aiohttp_client(create_app(quick))
 
 
+_SPOIL_SUMMARY = (
+    "UPDATE executions SET first_event_at = $1 "
+    "WHERE execution_id = (SELECT execution_id FROM events WHERE seq = $2)"
+)
+
+
 async def spoil(dsn: str, seq: int, *, summary: bool = False) -> None:
     """Write a timestamp no reader can render into the event at ``seq`` (and its execution's
     summary), as a direct write to the database could: -infinity on PostgreSQL, an instant
@@ -39,13 +45,13 @@ async def spoil(dsn: str, seq: int, *, summary: bool = False) -> None:
         with sqlite3.connect(dsn.removeprefix("sqlite:///")) as db:
             db.execute("UPDATE events SET created_at = ? WHERE seq = ?", (-(2**62), seq))
             if summary:
-                db.execute("UPDATE executions SET first_event_at = ?", (-(2**62),))
+                db.execute(_SPOIL_SUMMARY.replace("$1", "?").replace("$2", "?"), (-(2**62), seq))
         return
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("UPDATE events SET created_at = '-infinity' WHERE seq = $1", seq)
         if summary:
-            await conn.execute("UPDATE executions SET first_event_at = '-infinity'")
+            await conn.execute(_SPOIL_SUMMARY.replace("$1", "'-infinity'").replace("$2", "$1"), seq)
     finally:
         await conn.close()
 
@@ -76,12 +82,16 @@ async def test_reads_that_meet_an_unreadable_row_are_a_502_naming_it(client, dsn
 
 
 async def test_an_unreadable_summary_is_a_502_naming_the_execution(client, dsn):
-    """The executions list and the summary name the execution whose summary cannot be read."""
-    await post_all(client, [ev(5, 11)])
-    await spoil(dsn, 1, summary=True)
+    """The executions list and the summary name the execution whose summary cannot be read,
+    and its last seq, past which the list pages on."""
+    await post_all(client, [ev(4, 10), ev(5, 11)])
+    await spoil(dsn, 2, summary=True)
     for path in ("/api/executions", "/api/executions/5"):
         doc = await problem(await client.get(path), 502, "unreadable_row")
-        assert "the summary of execution 5" in doc["detail"]
+        assert "the summary of execution 5 (last seq 2)" in doc["detail"]
+    assert (await client.get("/api/executions/4")).status == 200
+    page = await (await client.get("/api/executions", params={"after": "2"})).json()
+    assert [x["execution_id"] for x in page["executions"]] == ["4"]
 
 
 async def test_streams_say_so_and_go_on_past_an_unreadable_row(sclient, dsn):
