@@ -703,15 +703,19 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "Prometheus metrics",
         {200: _reply("The Prometheus text exposition format", "text/plain", {"type": "string"})},
     ),
-    ("GET", "/"): _Operation("The event browser: executions", {200: _PAGE}, public=True),
+    ("GET", "/"): _Operation(
+        "The event browser: executions", {200: _PAGE}, parameters=("After",), public=True
+    ),
     ("GET", "/executions/{execution_id}"): _Operation(
         "The event browser: one execution (any id: it may not have begun)",
         {200: _PAGE},
         (NotFound,),
-        ("ExecutionIdPath",),
+        ("ExecutionIdPath", *_FILTERS),  # the page's filters, read by its script
         public=True,
     ),
-    ("GET", "/events"): _Operation("The event browser: the live feed", {200: _PAGE}, public=True),
+    ("GET", "/events"): _Operation(
+        "The event browser: the live feed", {200: _PAGE}, parameters=_FILTERS, public=True
+    ),
     ("GET", "/assets/{name}"): _Operation(
         "A script, style sheet or icon of the event browser",
         {200: {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}}},
@@ -763,6 +767,8 @@ def _operation(
     method: str, path: str, spec: _Operation, *, auth: bool, open_path: bool
 ) -> dict[str, Any]:
     problems = list(spec.problems)
+    if InvalidParameter not in problems:
+        problems.append(InvalidParameter)  # every route refuses a query parameter it lacks
     if auth and not open_path:
         problems += [Unauthorized, Forbidden]
     responses = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from eventlog.browser import assets
 from eventlog.openapi import OPERATIONS, query_parameters
 from eventlog.storage.base import FILTERS
 
@@ -24,6 +25,10 @@ GET_PATHS = {
     "/ready": "/ready",
     "/metrics": "/metrics",
     "/api/openapi.json": "/api/openapi.json",
+    "/": "/",
+    "/events": "/events",
+    "/executions/{execution_id}": "/executions/1",
+    "/assets/{name}": "/assets/" + min(assets()),
 }
 
 
