@@ -78,6 +78,7 @@ from .codec import dumps, loads, wire_form
 from .envelope import Envelope
 from .ids import NODE_ID_MAX, SnowflakeGenerator
 from .problems import FieldError, Problem
+from .storage.base import FILTERS
 
 __all__ = [
     "BatchReceipt",
@@ -91,8 +92,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("eventlog.client")
-
-FILTERS = ("event_type", "step", "status", "worker_id")
 
 
 # --- errors and results -------------------------------------------------------------------
@@ -545,6 +544,9 @@ class EventLogClient:
                         at.cut_off = True
                         at.last = seq
                         return
+                    if message.event == "unreadable":  # the server skips it
+                        log.error("the stream skipped a stored row: %s", message.data)
+                        at.last = seq
                     if message.event == "message" and message.data:
                         event = loads(message.data.encode())
                         at.last = seq

@@ -24,3 +24,5 @@ SERVICE = web.AppKey("service", ServiceState)
 SSE_CACHE = web.AppKey("sse_cache", dict[int, bytes])
 # The live streams being served, to end at shutdown.
 STREAMS = web.AppKey("streams", set[Subscription])
+# Each route's query parameters (as the OpenAPI document lists them): any other is refused.
+QUERY_NAMES = web.AppKey("query_names", dict[web.AbstractRoute, frozenset[str]])

@@ -38,6 +38,8 @@ from .base import (
     load_migrations,
     lost_claim_message,
     pending,
+    read_events,
+    read_executions,
     record_from_row,
 )
 from .columns import EVENTS, Column, EventTable, Row
@@ -81,6 +83,10 @@ _quiet_pool_floor = _QuietPoolFloor()
 
 def _same(moment: datetime) -> datetime:
     return moment
+
+
+def _execution(row: Row) -> Execution:
+    return execution_from_row(row, _same)
 
 
 @contextlib.contextmanager
@@ -476,7 +482,7 @@ class PostgresStore(EventStore):
             args += (execution_id,)
         with _translated():
             row = await self.pool.fetchrow(sql + " ORDER BY seq LIMIT 1", *args)
-        return None if row is None else self._sql.event(row)
+        return None if row is None else read_events([row], self._sql.event)[0]
 
     async def page(self, page: Page) -> list[Event]:
         conditions = page.conditions()
@@ -492,7 +498,7 @@ class PostgresStore(EventStore):
                 *(value for _, _, value in conditions),
                 page.limit,
             )
-        return [self._sql.event(r) for r in rows]
+        return read_events(rows, self._sql.event)
 
     async def head(self) -> int:
         with _translated():
@@ -505,17 +511,22 @@ class PostgresStore(EventStore):
                 f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1",
                 execution_id,
             )
-        return None if row is None else execution_from_row(row, _same)
+        return None if row is None else read_executions([row], _execution)[0]
 
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        chosen = "" if status is None else " AND status = $3"
+        args = () if status is None else (status,)
         with _translated():
             rows = await self.pool.fetch(
-                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1 "
+                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1{chosen} "
                 "ORDER BY last_seq DESC LIMIT $2",
                 MAX_ID if before is None else before,
                 limit,
+                *args,
             )
-        return [execution_from_row(r, _same) for r in rows]
+        return read_executions(rows, _execution)
 
     async def listen(self, callback: Callable[[], None]) -> None:
         self._on_notify = callback

@@ -42,6 +42,8 @@ from .base import (
     load_migrations,
     lost_claim_message,
     pending,
+    read_events,
+    read_executions,
     record_from_row,
 )
 from .columns import EVENTS, EventTable, Row
@@ -116,6 +118,10 @@ def _event_sql(table: EventTable) -> _EventSql:
         event=table.decoder(_DECODERS),
         stored=table.stored(),
     )
+
+
+def _execution(row: Row) -> Execution:
+    return execution_from_row(row, _moment)
 
 
 def _statements(script: str) -> list[str]:
@@ -416,7 +422,7 @@ class SqliteStore(EventStore):
         with _translated():
             cursor = await self._r.execute(sql + " ORDER BY seq LIMIT 1", args)
             row = await cursor.fetchone()
-        return None if row is None else self._sql.event(row)
+        return None if row is None else read_events([row], self._sql.event)[0]
 
     async def page(self, page: Page) -> list[Event]:
         where = " AND ".join(f"{column} {op} ?" for column, op, _ in page.conditions()) or "1"
@@ -428,7 +434,7 @@ class SqliteStore(EventStore):
                 (*args, page.limit),
             )
             rows = await cursor.fetchall()
-        return [self._sql.event(r) for r in rows]
+        return read_events(rows, self._sql.event)
 
     async def head(self) -> int:
         with _translated():
@@ -444,17 +450,21 @@ class SqliteStore(EventStore):
                 (execution_id,),
             )
             row = await cursor.fetchone()
-        return None if row is None else execution_from_row(row, _moment)
+        return None if row is None else read_executions([row], _execution)[0]
 
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        chosen = "" if status is None else " AND status = ?"
+        args = () if status is None else (status,)
         with _translated():
             cursor = await self._r.execute(
-                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE last_seq < ? "
+                f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE last_seq < ?{chosen} "
                 "ORDER BY last_seq DESC LIMIT ?",
-                (MAX_ID if before is None else before, limit),
+                (MAX_ID if before is None else before, *args, limit),
             )
             rows = await cursor.fetchall()
-        return [execution_from_row(r, _moment) for r in rows]
+        return read_executions(rows, _execution)
 
     # --- node id claims (appended: whole transactions in the writer thread) --------------
 
