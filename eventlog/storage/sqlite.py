@@ -124,6 +124,12 @@ def _execution(row: Row) -> Execution:
     return execution_from_row(row, _moment)
 
 
+async def _connect_reader(target: str | Path, **options: Any) -> aiosqlite.Connection:
+    reader = await aiosqlite.connect(target, isolation_level=None, **options)
+    reader.row_factory = sqlite3.Row  # rows are read by column name
+    return reader
+
+
 def _statements(script: str) -> list[str]:
     """Split a migration into statements (sqlite3 runs one per execute)."""
     out, current = [], ""
@@ -249,8 +255,7 @@ class SqliteStore(EventStore):
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite-writer")
             loop = asyncio.get_running_loop()
             self._writer = await loop.run_in_executor(self._thread, self._connect_writer)
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            self._reader.row_factory = sqlite3.Row
+            self._reader = await _connect_reader(self.path)
             for pragma in self._pragmas():
                 await self._reader.execute(pragma)
         except (sqlite3.Error, OSError) as e:
