@@ -174,7 +174,7 @@ def _count(request: web.Request, response: web.StreamResponse | None, seconds: f
         return  # the client went away, or the server is stopping
     code = response.get(PROBLEM_CODE)
     if code is not None:
-        metrics.rejections.labels(code).inc()
+        metrics.rejections.inc(code)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
