@@ -47,7 +47,8 @@ class Histogram:
 
     def cumulative(self) -> list[tuple[str, float]]:
         """Prometheus's buckets: (le, observations at or below it)."""
-        out, total = [], 0
+        out: list[tuple[str, float]] = []
+        total = 0
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             total += count
             out.append((floatToGoString(bound), total))
@@ -183,13 +184,13 @@ class _Collector(Collector):
                 m.commit_seconds,
             ),
         ):
-            family = HistogramMetricFamily(name, doc)
-            family.add_metric([], histogram.cumulative(), histogram.sum)
-            yield family
+            commits = HistogramMetricFamily(name, doc)
+            commits.add_metric([], histogram.cumulative(), histogram.sum)
+            yield commits
         queue_events, subscribers, head_seq = m.gauges()
-        for name, doc, value in (
+        for name, doc, reading in (
             ("eventlog_writer_queue_events", "Events waiting for the writer.", queue_events),
             ("eventlog_stream_subscribers", "Live stream subscribers.", subscribers),
             ("eventlog_head_seq", "The highest seq the live streams have seen.", head_seq),
         ):
-            yield GaugeMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(name, doc, value=reading)
