@@ -296,6 +296,7 @@ class Writer:
         # order stays commit order).
         self._committers = store.write_concurrency
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
         self._in_flight = 0
         # Called after every transaction with the highest seq this writer has committed.
         self.on_commit: Callable[[int], None] | None = None
@@ -322,12 +323,16 @@ class Writer:
             asyncio.create_task(self._run(), name="eventlog-writer")
             for _ in range(self._committers)
         ]
+        self._running = True
+        for task in self._tasks:
+            task.add_done_callback(self._stopped)
 
     async def stop(self) -> None:
         """Commit everything already queued, then stop."""
         if not self._tasks:
             return
-        self._closing = True  # submit() refuses from now on
+        self._closing = True
+        self._running = False  # submit() refuses from now on
         self._wake_all()
         await asyncio.gather(*self._tasks)
         self._tasks = []
@@ -335,9 +340,8 @@ class Writer:
             self._purge_timer.cancel()
             self._purge_timer = None
 
-    @property
-    def _running(self) -> bool:
-        return bool(self._tasks) and not self._closing and not any(t.done() for t in self._tasks)
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        self._running = False  # a committer ended (stopped, or failed): no request may queue
 
     async def submit(
         self,
