@@ -187,7 +187,8 @@ NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 def media_type(request: web.Request, *, ndjson: bool = False) -> str:
     """ "json" or "ndjson"; 415 for anything else (a missing Content-Type is read as JSON)."""
-    if "Content-Type" not in request.headers:
+    sent = request.headers.get("Content-Type")
+    if sent is None or sent == "application/json":  # the common cases, without parsing
         return "json"
     mime = request.content_type
     if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
