@@ -31,6 +31,7 @@ from .storage.base import (
     StoreUnavailable,
     ValueNotStorable,
     WritePlan,
+    settle,
 )
 
 log = logging.getLogger("eventlog.writer")
@@ -515,13 +516,7 @@ class Writer:
 
 def _answer(jobs: list[Job], results: list[Any]) -> None:
     for job, outcome in zip(jobs, results, strict=True):
-        future = job.future
-        if future is None or future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        settle(job.future, outcome)
 
 
 def _failure(e: Exception) -> Exception:

@@ -258,6 +258,14 @@ end
 """
 
 
+def in_child(generator: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one of this script's Python generators in a process of its own; its summary."""
+    out = subprocess.run(
+        [PYTHON, __file__, generator, json.dumps(spec)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
 def wrk_drive(spec: dict[str, Any], work: Path) -> dict[str, Any]:
     """One closed-loop run with wrk (one thread: the other core is the server's)."""
     script = work / f"wrk-{spec['run']}.lua"
@@ -389,13 +397,7 @@ def drive(
     if rate == 0 and opts.generator == "wrk":
         result = wrk_drive(spec, opts.work)
     else:
-        out = subprocess.run(
-            [PYTHON, __file__, "loadgen", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result = json.loads(out.stdout)
+        result = in_child("loadgen", spec)
     result["events_per_s"] = result["requests"] * max(batch, 1) / result["seconds"]
     return result
 
@@ -681,13 +683,7 @@ def main_bench(opts: argparse.Namespace) -> None:
                     "warmup": opts.warmup,
                     "duration": opts.duration,
                 }
-                out = subprocess.run(
-                    [PYTHON, __file__, "streamgen", json.dumps(spec)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                result = json.loads(out.stdout)
+                result = in_child("streamgen", spec)
                 result["events_per_s"] = opts.stream_rate
                 result["rss"] = server.peak_rss_mb()
                 rows.append(

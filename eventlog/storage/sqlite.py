@@ -40,6 +40,7 @@ from .base import (
     load_migrations,
     lost_claim_message,
     pending,
+    settle,
 )
 
 T = TypeVar("T")
@@ -219,13 +220,7 @@ class _Write(_Call):
 def _settle(calls: list[_Call], results: list[Any]) -> None:
     """In the loop: answer every call of one turn of the writer thread."""
     for call, result in zip(calls, results, strict=True):
-        future = call.future
-        if future is None or future.done():
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        settle(call.future, result)
 
 
 class SqliteStore(EventStore):
