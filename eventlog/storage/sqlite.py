@@ -186,7 +186,10 @@ def _record(row: Sequence[Any]) -> IdempotencyRecord:
     return IdempotencyRecord(row[0], row[1], row[2], _moment(row[3]), _moment(row[4]))
 
 
-_WRITES_PER_TRANSACTION = 256  # write() calls merged into one transaction, at most
+# Write calls are merged into one transaction up to about this many events. Past it, merging
+# saves little and costs overlap: while the thread commits one large group, the loop can parse
+# the next; merged, both would wait (batches of 1,000 fell to 0.65 of their rate, measured).
+_MERGE_EVENTS = 1000
 
 
 def _WRITE() -> None:  # the marker of a write() call (its work is _write_together)
@@ -292,7 +295,8 @@ class SqliteStore(EventStore):
                 return
             batch = [item]
             if isinstance(item, _Write):
-                while len(batch) < _WRITES_PER_TRANSACTION:
+                events = len(item.keys)
+                while events < _MERGE_EVENTS:
                     try:
                         more = self._calls.get_nowait()
                     except queue.Empty:
@@ -301,6 +305,7 @@ class SqliteStore(EventStore):
                         later = more
                         break
                     batch.append(more)
+                    events += len(more.keys)
                 results = self._write_together(batch)  # type: ignore[arg-type]
             else:
                 try:
