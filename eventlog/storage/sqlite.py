@@ -315,7 +315,8 @@ class SqliteStore(EventStore):
                 except BaseException as e:  # noqa: BLE001 (handed to the caller)
                     results = [e]
             assert item.loop is not None
-            item.loop.call_soon_threadsafe(_settle, batch, results)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                item.loop.call_soon_threadsafe(_settle, batch, results)
             if later is None and item.call is _STOP:
                 return
 
