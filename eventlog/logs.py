@@ -112,10 +112,10 @@ class _AccessLines:
                 self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             else:
                 self._prefix = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(second))
-        millis = int((now - second) * 1000)
+        millis = _MILLIS[int((now - second) * 1000)]
         if self.json:
-            return f"{self._prefix}.{millis:03d}+00:00"
-        return f"{self._prefix},{millis:03d}"
+            return self._prefix + "." + millis + "+00:00"
+        return self._prefix + "," + millis
 
     def add(self, line: str) -> None:
         """Queue one line; the lines of one turn of the loop go out in one write."""
@@ -137,6 +137,7 @@ class _AccessLines:
 
 
 _ACCESS: _AccessLines | None = None
+_MILLIS = [f"{n:03d}" for n in range(1000)]  # formatting "%03d" per line costs microseconds
 
 
 class _Handler(logging.StreamHandler[IO[str]]):
@@ -177,14 +178,11 @@ class AccessLogger(AbstractAccessLogger):
         remote = request.remote
         user_agent = request.headers.get("User-Agent")
         rid = request.get(REQUEST_ID_KEY)
-        message = '%s "%s %s" %d %dB %.1fms "%s"' % (  # noqa: UP031 (one format, as logged)
-            remote,
-            request.method,
-            request.path_qs,
-            response.status,
-            response.body_length,
-            time * 1000,
-            user_agent or "-",
+        # The line _log_record writes, without float formatting (a third of this method's time).
+        tenths = int(time * 10_000 + 0.5)
+        message = (
+            f'{remote} "{request.method} {request.path_qs}" {response.status} '
+            f'{response.body_length}B {tenths // 10}.{tenths % 10}ms "{user_agent or "-"}"'
         )
         now = _time.time()
         if access.json:

@@ -611,18 +611,25 @@ def main_bench(opts: argparse.Namespace) -> None:
                         row("eventlog single", backend, f"c={c}", best, "bare aiohttp", target)
                     )
                 top = max(opts.concurrency)
+
+                def versus(baseline_port: int, name: str, **kwargs: Any) -> dict[str, Any]:
+                    """Single events at the top concurrency on a server of its own, paired
+                    with the baseline on ``baseline_port``."""
+                    other, other_port = start_eventlog(work, dsn, f"{backend}-{name}", **kwargs)
+                    try:
+                        base, ours = paired(
+                            lambda: single(baseline_port, top),
+                            lambda: single(other_port, top),
+                            opts.repeat,
+                        )
+                        best = summary(ours, base)
+                        best["rss"] = other.peak_rss_mb()
+                    finally:
+                        other.stop()
+                    return best
+
                 # The default service logs every request: at most 10% below the row without it.
-                logged, logged_port = start_eventlog(work, dsn, f"{backend}-log", access_log=True)
-                try:
-                    bare, ours = paired(
-                        lambda: single(bare_port, top),
-                        lambda: single(logged_port, top),
-                        opts.repeat,
-                    )
-                    best = summary(ours, bare)
-                    best["rss"] = logged.peak_rss_mb()
-                finally:
-                    logged.stop()
+                best = versus(bare_port, "log", access_log=True)
                 rows.append(
                     row(
                         "eventlog single, access log on",
@@ -634,18 +641,8 @@ def main_bench(opts: argparse.Namespace) -> None:
                     )
                 )
                 if opts.workers > 1:
-                    several, several_port = start_eventlog(
-                        work, dsn, f"{backend}-workers", workers=opts.workers
-                    )
-                    try:
-                        one, ours = paired(
-                            lambda: single(port, top),
-                            lambda: single(several_port, top),
-                            opts.repeat,
-                        )
-                        best = summary(ours, one)
-                    finally:
-                        several.stop()
+                    best = versus(port, "workers", workers=opts.workers)
+                    best["rss"] = None  # the parent's alone: not the workers'
                     rows.append(
                         row(
                             f"eventlog single, --workers {opts.workers}",
