@@ -18,7 +18,7 @@ from . import logs, tools
 from .config import ConfigError, Settings, load_settings
 from .ids import decode
 from .problems import Problem
-from .storage.base import StoreError, open_store
+from .storage.base import FILTERS, StoreError, open_store
 
 log = logging.getLogger("eventlog")
 
@@ -68,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("EVENTLOG_TOKEN"),
         help="bearer token, when the service requires one (or EVENTLOG_TOKEN)",
     )
-    for name in ("event-type", "step", "status", "worker-id"):
-        tail.add_argument(f"--{name}", help=f"only events with this {name.replace('-', '_')}")
+    for name in FILTERS:
+        tail.add_argument(f"--{name.replace('_', '-')}", help=f"only events with this {name}")
 
     export = commands.add_parser("export", help="write events as NDJSON to standard output")
     _store_flags(export)
@@ -250,11 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _decode(args.id)
     if args.command == "tail":
         logging.basicConfig(level="INFO", format="%(asctime)s %(message)s", stream=sys.stderr)
-        filters = {
-            k: v
-            for k in ("event_type", "step", "status", "worker_id")
-            if (v := getattr(args, k)) is not None
-        }
+        filters = {k: v for k in FILTERS if (v := getattr(args, k)) is not None}
         try:
             return asyncio.run(
                 tools.tail(

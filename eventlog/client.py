@@ -77,6 +77,7 @@ from .codec import dumps, format_timestamp, loads
 from .envelope import Envelope
 from .ids import NODE_ID_MAX, SnowflakeGenerator
 from .problems import FieldError, Problem
+from .storage.base import FILTERS
 
 __all__ = [
     "BatchReceipt",
@@ -90,8 +91,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("eventlog.client")
-
-FILTERS = ("event_type", "step", "status", "worker_id")
 
 
 # --- errors and results -------------------------------------------------------------------
@@ -514,6 +513,9 @@ class EventLogClient:
                                 cut_off = True
                                 last = seq
                                 break
+                            if message.event == "unreadable":  # the server skips it
+                                log.error("the stream skipped a stored row: %s", message.data)
+                                last = seq
                             if message.event == "message" and message.data:
                                 event = loads(message.data.encode())
                                 last = seq

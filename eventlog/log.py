@@ -16,9 +16,17 @@ from .envelope import Envelope, Event
 from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
 from .metrics import Metrics
 from .nodes import NodeIds
-from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound, Problem
-from .storage.base import EventStore, Execution, Page, StoreError, open_store
-from .stream import CutOff, Filter, Hub, Subscription
+from .problems import (
+    DatabaseUnavailable,
+    FieldError,
+    InvalidEnvelope,
+    NotFound,
+    Problem,
+    UnreadableStoredRow,
+)
+from .storage import base as storage
+from .storage.base import EventStore, Execution, Filter, Page, StoreError, open_store
+from .stream import CutOff, Hub, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -151,6 +159,9 @@ class EventLog:
         first receipt comes back marked ``replayed`` (and no events); another request under the
         key raises IdempotencyConflict.
         """
+        if not envelopes and idempotency is None:
+            # An empty batch (producers flush empty buffers): nothing to write, nothing to keep.
+            return Receipt(str(self.ids.next_id()), (), ()), []
         if self._redact:
             envelopes = [self._redacted(e) for e in envelopes]
         received_at = now()
@@ -269,9 +280,13 @@ class EventLog:
             raise NotFound(f"no execution with id {execution_id}")
         return found
 
-    async def executions(self, before: int | None = None, limit: int = 100) -> list[Execution]:
-        """Executions by newest activity first, older than the ``before`` cursor."""
-        return await self._reading(lambda: self.store.executions(before, limit))
+    async def executions(
+        self, before: int | None = None, limit: int = 100, *, status: str | None = None
+    ) -> list[Execution]:
+        """Executions by newest activity first, older than the ``before`` cursor; only those
+        with ``status`` (in any case) when given."""
+        wanted = None if status is None else status.upper()
+        return await self._reading(lambda: self.store.executions(before, limit, wanted))
 
     async def ready(self) -> None:
         """Raise DatabaseUnavailable unless the store answers, needs no migration, and this
@@ -291,6 +306,10 @@ class EventLog:
     async def _reading(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
+        except storage.UnreadableRow as e:
+            self.metrics.store_errors.labels("read").inc()
+            log.error("%s", e)
+            raise UnreadableStoredRow(str(e)) from e
         except StoreError as e:
             self.metrics.store_errors.inc("read")
             raise _unavailable(e) from e
@@ -346,8 +365,9 @@ async def _follow(
         while True:
             try:
                 async for chunk in current[0].chunks():
-                    for event in chunk or ():
-                        yield event
+                    if isinstance(chunk, list):  # (an unreadable row was logged where met)
+                        for event in chunk:
+                            yield event
                 return  # the log closed
             except CutOff as e:
                 current[0].close()

@@ -11,9 +11,10 @@ import orjson
 from .client import EventLogClient, EventLogError, Message, read_sse
 from .codec import converter, dumps, loads, structure_batch
 from .config import Settings
+from .envelope import Event
 from .log import EventLog
 from .problems import Problem
-from .storage.base import Page, open_store
+from .storage.base import Page, StoreError, UnreadableRow, open_store
 
 log = logging.getLogger("eventlog")
 
@@ -55,18 +56,38 @@ async def tail(
 
 async def export(settings: Settings, execution_id: int | None, out: IO[bytes]) -> int:
     """Write every event (of one execution, or all) as canonical NDJSON, in seq order."""
-    count, after = 0, 0
+    count, after, skipped = 0, 0, []
     async with open_store(settings.dsn, **settings.store_options()) as store:
         while True:
-            events = await store.page(Page(execution_id=execution_id, after=after, limit=CHUNK))
-            out.write(b"".join(orjson.dumps(converter.unstructure(e)) + b"\n" for e in events))
-            count += len(events)
+            page = Page(execution_id=execution_id, after=after, limit=CHUNK)
+            try:
+                events = await store.page(page)
+            except UnreadableRow as e:
+                if e.seq is None:
+                    raise
+                # The rest of the log is still exported; the command fails at the end.
+                print(f"eventlog: left out: {e}", file=sys.stderr)
+                skipped.append(e.seq)
+                events, after = e.readable, e.seq
+                count += _write_events(out, events)
+                continue
+            count += _write_events(out, events)
             if len(events) < CHUNK:
                 break
             after = events[-1].seq
     out.flush()
     print(f"exported {count} events", file=sys.stderr)
+    if skipped:
+        raise StoreError(
+            f"{len(skipped)} stored event(s) could not be read and were left out (seq "
+            f"{', '.join(map(str, skipped))}); the export is otherwise complete"
+        )
     return count
+
+
+def _write_events(out: IO[bytes], events: list[Event]) -> int:
+    out.write(b"".join(orjson.dumps(converter.unstructure(e)) + b"\n" for e in events))
+    return len(events)
 
 
 def _lines(stream: IO[bytes]) -> list[tuple[int, bytes]]:
