@@ -307,7 +307,7 @@ class EventLog:
         try:
             return await call()
         except storage.UnreadableRow as e:
-            self.metrics.store_errors.labels("read").inc()
+            self.metrics.store_errors.inc("read")
             log.error("%s", e)
             raise UnreadableStoredRow(str(e)) from e
         except StoreError as e:
