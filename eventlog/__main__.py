@@ -6,31 +6,19 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-from aiohttp import web
 
 from . import logs, tools
 from .config import ConfigError, Settings, load_settings
 from .ids import decode
 from .problems import Problem
+from .serving import serve
 from .storage.base import FILTERS, StoreError
 from .storage.registry import store_from_settings
 
 log = logging.getLogger("eventlog")
-
-
-def describe_dsn(dsn: str) -> str:
-    """The DSN without its password, fit for a log line."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _store_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON")
+    serve.add_argument(
+        "--workers",
+        default="1",
+        help='server processes sharing the port (default 1; "auto": one per core)',
+    )
 
     migrate = commands.add_parser("migrate", help="apply pending schema migrations and exit")
     _store_flags(migrate)
@@ -94,92 +87,26 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides=overrides)
 
 
-async def _serve(settings: Settings) -> int:
-    from .typedefs import EVENT_LOG, SERVICE, STREAMS
-    from .web import create_app
+def _serve_command(settings: Settings, workers_text: str) -> int:
+    from .workers import supervise, worker_count
 
-    app = create_app(settings)
-    # The drain comes out of the shutdown budget; what is left bounds the in-flight handlers
-    # (never 0, which aiohttp reads as "wait for ever").
-    drain = min(DRAIN_S, settings.shutdown_timeout / 2)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=max(settings.shutdown_timeout - drain, 0.001),
-        **(
-            {"access_log_class": logs.AccessLogger} if settings.access_log else {"access_log": None}
-        ),
-    )
     try:
-        await runner.setup()
-    except Exception as e:  # the store could not be opened or migrated
-        log.error("cannot start: %s", e)
-        return 1
-    try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-    except OSError as e:
-        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, e.strerror)
-        await runner.cleanup()
-        return 1
-    host, port = runner.addresses[0][:2]
-    log.info(
-        "eventlog listening on http://%s:%s (store: %s, node id %d)",
-        host,
-        port,
-        describe_dsn(settings.dsn),
-        app[EVENT_LOG].node_id,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    started = loop.time()
-    app[SERVICE].draining = True  # every reply from now on says `Connection: close`
-    # Stop accepting first; no await comes between this and the flag above, so every reply
-    # that says `Connection: close` leaves a client that can only be refused, never reset.
-    await site.stop()
-    log.info("shutting down: no longer accepting connections")
-    idle = await _drain(runner, app[STREAMS], drain)
-    log.info("drained; closing %d connection(s) left open besides streams", idle)
-    # aiohttp from here: end the streams (each with its final message), wait for the handlers
-    # still running, close the connections, then close the log (writer flushed, then store).
-    # Bounded: with the database gone, closing could otherwise wait out its timeouts.
-    budget = max(settings.shutdown_timeout - (loop.time() - started), 0.0) + CLOSE_GRACE_S
-    try:
-        async with asyncio.timeout(budget):
-            await runner.cleanup()
-    except TimeoutError:
-        log.error(
-            "shutdown did not finish within shutdown_timeout (%.1f s): exiting without closing "
-            "the store; requests not yet answered were not acknowledged",
-            settings.shutdown_timeout,
+        workers = worker_count(workers_text)
+    except ValueError:
+        print(
+            f'eventlog: --workers must be a positive number or "auto", not {workers_text!r}',
+            file=sys.stderr,
         )
-        return 1
-    log.info("stopped after %.2f s", loop.time() - started)
-    return 0
-
-
-CLOSE_GRACE_S = 2.0  # past shutdown_timeout, for closing the log once the handlers are done
-DRAIN_S = 1.0  # the longest shutdown waits for open connections to finish their exchange
-
-
-async def _drain(runner: web.AppRunner, streams: set[Any], seconds: float) -> int:
-    """Serve what arrives on open connections until only streams remain or ``seconds`` pass;
-    return how many other connections are still open (idle ones, to be closed)."""
-    # aiohttp's own shutdown stops reading every connection at once: a request written onto
-    # an idle keep-alive connection at that moment would go unanswered. Here each connection
-    # that sends one more request gets its answer, with `Connection: close`, and is closed by
-    # the server after it; only connections idle for the whole drain are closed unasked.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        open_now = len(runner.server.connections) if runner.server else 0
-        others = max(open_now - len(streams), 0)
-        if others == 0 or loop.time() >= deadline:
-            return others
-        await asyncio.sleep(0.01)
+        return 2
+    if workers == 1:
+        return asyncio.run(serve(settings))
+    if settings.node_id is not None:
+        print(
+            "eventlog: --node-id names one process; with --workers each worker claims its own",
+            file=sys.stderr,
+        )
+        return 2
+    return supervise(settings, workers)
 
 
 async def _migrate(settings: Settings) -> int:
@@ -238,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format.lower())
     try:
         if args.command == "serve":
-            return asyncio.run(_serve(settings))
+            return _serve_command(settings, args.workers)
         if args.command == "export":
             asyncio.run(tools.export(settings, args.execution_id, sys.stdout.buffer))
             return 0

@@ -30,7 +30,7 @@ import asyncpg
 import orjson
 import pytest
 
-from eventlog.__main__ import DRAIN_S
+from eventlog.serving import DRAIN_S
 
 pytestmark = pytest.mark.slow
 
