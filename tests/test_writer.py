@@ -13,6 +13,7 @@ from eventlog.ids import SnowflakeGenerator
 from eventlog.ingest import Idempotency, Job, Receipt, Writer, decide, normalise
 from eventlog.problems import EventConflict, IdempotencyConflict
 from eventlog.storage.base import IdempotencyRecord
+from eventlog.storage.columns import EVENTS
 from eventlog.storage.sqlite import SqliteStore
 
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -28,7 +29,7 @@ def new(event_id: int, step: str = "a", execution_id: int = 5) -> NewEvent:
 
 def stored(event: NewEvent, seq: int) -> dict[tuple[int, int], Event]:
     """``event`` as already in the store."""
-    return {event.key: Event.stored(event, seq, MOMENT)}
+    return {event.key: EVENTS.stored()(event, seq, MOMENT)}
 
 
 def test_new_events_are_written_in_order_with_a_receipt():
