@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from . import logs, tools
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, unknown_variables
 from .ids import decode
 from .problems import Problem
 from .storage.base import StoreError, open_store
@@ -30,6 +30,16 @@ def describe_dsn(dsn: str) -> str:
         return dsn
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe_access(settings: Settings) -> str:
+    """Whether requests need a token, for the start-up line (the tokens themselves never)."""
+    if not settings.auth_enabled:
+        return "access control off: no tokens are set, anyone may read and write"
+    return (
+        f"access control on: {len(settings.write_tokens)} write and "
+        f"{len(settings.read_tokens)} read token(s)"
+    )
 
 
 def _store_flags(parser: argparse.ArgumentParser) -> None:
@@ -122,11 +132,12 @@ async def _serve(settings: Settings) -> int:
         return 1
     host, port = runner.addresses[0][:2]
     log.info(
-        "eventlog listening on http://%s:%s (store: %s, node id %d)",
+        "eventlog listening on http://%s:%s (store: %s, node id %d, %s)",
         host,
         port,
         describe_dsn(settings.dsn),
         app[EVENT_LOG].node_id,
+        describe_access(settings),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -207,6 +218,11 @@ def _decode(text: str) -> int:
     return 0
 
 
+def _warn_unknown_variables() -> None:
+    for warning in unknown_variables():
+        log.warning("%s", warning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `eventlog` console script and of `python -m eventlog`."""
     args = _parser().parse_args(argv)
@@ -214,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _decode(args.id)
     if args.command == "tail":
         logging.basicConfig(level="INFO", format="%(asctime)s %(message)s", stream=sys.stderr)
+        _warn_unknown_variables()
         filters = {
             k: v
             for k in ("event_type", "step", "status", "worker_id")
@@ -238,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eventlog: configuration error: {e}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format.lower())
+    _warn_unknown_variables()
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))

@@ -140,3 +140,64 @@ def test_console_script_and_python_m_print_the_same_help(run_eventlog, args: lis
     )
     assert via_module.stdout.startswith("usage: eventlog")
     assert via_script.stdout == via_module.stdout
+
+
+def test_a_bad_eventlog_port_does_not_stop_serve_when_port_is_given(
+    start_server, tmp_path: Path
+) -> None:
+    """EVENTLOG_PORT=abc with --port: the flag decides, the variable is never read."""
+    (flag_port,) = _free_ports(1)
+    server = start_server(
+        f"sqlite:///{tmp_path}/events.db",
+        args=("--port", str(flag_port)),
+        env={"EVENTLOG_PORT": "abc"},
+    )
+    assert server.port == flag_port, server.log()
+
+
+def test_a_bad_eventlog_port_without_the_flag_exits_2_naming_it(
+    run_eventlog, tmp_path: Path
+) -> None:
+    """With no flag to replace it, EVENTLOG_PORT=abc stops serve before it listens."""
+    done = run_eventlog(
+        "serve", "--dsn", f"sqlite:///{tmp_path}/events.db", env={"EVENTLOG_PORT": "abc"}
+    )
+    assert done.returncode == 2, done.stderr
+    assert "EVENTLOG_PORT='abc'" in done.stderr
+    assert "listening" not in done.stderr
+    assert not (tmp_path / "events.db").exists()
+
+
+def test_a_misspelt_token_variable_is_named_and_the_start_line_says_access_is_open(
+    start_server, tmp_path: Path
+) -> None:
+    """EVENTLOG_WRITE_TOKEN (no S): a warning names it with the setting it resembles, and the
+    listening line says there is no access control; the test switches are not reported."""
+    server = start_server(
+        f"sqlite:///{tmp_path}/events.db",
+        env={"EVENTLOG_WRITE_TOKEN": "secret", "EVENTLOG_REQUIRE_PG": "1"},
+    )
+    log = server.log()
+    assert (
+        "EVENTLOG_WRITE_TOKEN is not an eventlog setting and is ignored; "
+        "did you mean EVENTLOG_WRITE_TOKENS?"
+    ) in log
+    assert "EVENTLOG_REQUIRE_PG" not in log
+    listening = next(line for line in log.splitlines() if "listening on" in line)
+    assert "access control off" in listening
+    assert "secret" not in log
+
+
+def test_the_start_line_says_access_control_is_on_with_tokens(
+    start_server, tmp_path: Path
+) -> None:
+    """EVENTLOG_WRITE_TOKENS set: the listening line says so, with counts but no token."""
+    server = start_server(
+        f"sqlite:///{tmp_path}/events.db",
+        env={"EVENTLOG_WRITE_TOKENS": "s3cret1,s3cret2", "EVENTLOG_READ_TOKENS": "r3ad"},
+    )
+    log = server.log()
+    listening = next(line for line in log.splitlines() if "listening on" in line)
+    assert "access control on: 2 write and 1 read token(s)" in listening
+    assert "is not an eventlog setting" not in log
+    assert "s3cret" not in log and "r3ad" not in log
