@@ -12,12 +12,19 @@ import attrs
 
 from .codec import dumps, redact, structure_python, wire_form
 from .config import Settings, make_settings
-from .envelope import Envelope, Event
-from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
+from .envelope import Envelope, Event, NewEvent
+from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now, same_content
 from .metrics import Metrics
 from .nodes import NodeIds
-from .problems import DatabaseUnavailable, FieldError, InvalidEnvelope, NotFound, Problem
-from .storage.base import EventStore, Execution, Page, StoreError, open_store
+from .problems import (
+    DatabaseUnavailable,
+    EventConflict,
+    FieldError,
+    InvalidEnvelope,
+    NotFound,
+    Problem,
+)
+from .storage.base import EventStore, Execution, Key, Page, StoreError, open_store
 from .stream import CutOff, Filter, Hub, Subscription
 
 log = logging.getLogger("eventlog")
@@ -144,17 +151,21 @@ class EventLog:
         *,
         batch: bool = False,
         idempotency: Idempotency | None = None,
+        paths: Sequence[str] | None = None,
     ) -> tuple[Receipt, list[Appended]]:
         """Append validated envelopes in one transaction (all or none).
 
         With ``idempotency``, a request seen before under the same key is not applied again: its
         first receipt comes back marked ``replayed`` (and no events); another request under the
-        key raises IdempotencyConflict.
+        key raises IdempotencyConflict. Two envelopes of the request with one key and other
+        content raise EventConflict naming both by ``paths`` (their wire paths; ``$[i]``
+        when not given).
         """
         if self._redact:
             envelopes = [self._redacted(e) for e in envelopes]
         received_at = now()
         events = [normalise(e, self.ids, received_at, in_batch=batch) for e in envelopes]
+        _refuse_conflicts_within(events, paths or [f"$[{i}]" for i in range(len(events))])
         try:
             receipt, appended = await self.writer.submit(
                 events, request_id=str(self.ids.next_id()), idempotency=idempotency
@@ -356,6 +367,26 @@ async def _follow(
                 raise _unavailable(e) from e
     finally:
         _close(current)
+
+
+def _refuse_conflicts_within(events: Sequence[NewEvent], paths: Sequence[str]) -> None:
+    """EventConflict naming both items when two events of one request share a key but not
+    their content: nothing is stored, so it must not read as a clash with the log."""
+    first: dict[Key, int] = {}
+    pairs = []
+    for index, event in enumerate(events):
+        earlier = first.setdefault(event.key, index)
+        if earlier != index and not same_content(event, events[earlier]):
+            pairs.append((paths[earlier], paths[index]))
+    if pairs:
+        raise EventConflict(
+            f"{pairs[0][0]} and {pairs[0][1]} carry the same execution_id and event_id with "
+            "different content; nothing was stored",
+            errors=[
+                FieldError(later, f"has the execution_id and event_id of {earlier}, other content")
+                for earlier, later in pairs
+            ],
+        )
 
 
 def _unavailable(e: StoreError) -> Problem:
