@@ -23,6 +23,7 @@ from .problems import (
     InvalidEnvelope,
     NotFound,
     Problem,
+    database_unavailable,
 )
 from .storage.base import EventStore, Execution, Key, Page, StoreError, open_store
 from .stream import CutOff, Filter, Hub, Subscription
@@ -69,6 +70,7 @@ class EventLog:
         self.running = False  # between start and close
         self._redact = frozenset(k.lower() for k in settings.redact_keys)
         self.metrics = Metrics()
+        self._reads_failing = False
         self.writer.on_group = self.metrics.committed
         self.metrics.follow(
             lambda: self.writer.queued_events,
@@ -301,10 +303,18 @@ class EventLog:
 
     async def _reading(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await call()
+            result = await call()
         except StoreError as e:
             self.metrics.store_errors.labels("read").inc()
+            # Once per outage, as the writer does for writes: the reply carries no cause.
+            if not self._reads_failing:
+                log.error("database unavailable, reads answer 503 until it works again: %s", e)
+            self._reads_failing = True
             raise _unavailable(e) from e
+        if self._reads_failing:
+            log.info("database available again for reads")
+            self._reads_failing = False
+        return result
 
 
 class LiveEvents:
@@ -391,7 +401,7 @@ def _refuse_conflicts_within(events: Sequence[NewEvent], paths: Sequence[str]) -
 
 def _unavailable(e: StoreError) -> Problem:
     """What a reader is told when the store fails."""
-    return DatabaseUnavailable(str(e), headers={"Retry-After": "1"})
+    return database_unavailable(e)
 
 
 def _fingerprint(items: list[Any]) -> str:
