@@ -32,16 +32,17 @@ processes at high rates should be given distinct `node_id`s.
 
 Retries (defaults: timeout 10 s per attempt, max_attempts 8, backoff 0.1 s, max_backoff 5 s,
 deadline 30 s). A connection error (refused, reset, a server that hangs up before replying), a
-timeout of one attempt or a 503 is retried, at most `max_attempts` attempts in all and never
-past `deadline` seconds from the call: the wait before attempt n+1
-is `backoff * 2**(n-1)` (at most `max_backoff`), jittered down to half of that, or, on a 503
+timeout of one attempt, a 503, or a 502 or 504 from a proxy in front of the service is
+retried, at most `max_attempts` attempts in all and never past `deadline` seconds from the
+call: the wait before attempt n+1 is `backoff * 2**(n-1)` (at most `max_backoff`), jittered down to half of that, or, on a 503
 with `Retry-After`, that many seconds plus up to `backoff` of jitter (a Retry-After that would
 overrun the deadline ends the call at once). Retrying a write is safe because its body, ids and
 `Idempotency-Key` are fixed before the first attempt. Every other error reply raises at once,
 4xx included: `EventLogError` carrying the status, the problem's `code`, the whole problem
 document and its field errors; `ConflictError` for a 409 (`event_conflict`,
 `idempotency_conflict`: a conflict is an error, not a success); `UnavailableError` when the
-retries ran out (status 503, or None with code `unreachable` when no reply came at all).
+retries ran out (status 502, 503 or 504, or None with code `unreachable` when no reply came at
+all).
 
 Batches. `emit_batch` mints ids for items without one and sends one `Idempotency-Key`, minted
 once per call, so a retried batch is replayed by the server (`replayed` in the receipt), not
@@ -92,6 +93,9 @@ __all__ = [
 log = logging.getLogger("eventlog.client")
 
 FILTERS = ("event_type", "step", "status", "worker_id")
+# 503 is the service's own "later"; 502 and 504 come from a proxy in front of it whose
+# upstream is down or slow: the same condition, seen from one hop further out.
+RETRIED = frozenset({502, 503, 504})
 
 
 # --- errors and results -------------------------------------------------------------------
@@ -115,7 +119,8 @@ class ConflictError(EventLogError):
 
 
 class UnavailableError(EventLogError):
-    """The retries ran out: the service kept answering 503, or did not answer at all."""
+    """The retries ran out: the service (or a proxy) kept answering 502/503/504, or did not
+    answer at all."""
 
 
 def _field_errors(raw: Any) -> tuple[FieldError, ...]:
@@ -145,7 +150,9 @@ def _error(status: int, reason: str | None, body: bytes) -> EventLogError:
             "detail": body[:500].decode("utf-8", "replace") or reason,
             "code": reason.lower().replace(" ", "_").replace("-", "_"),
         }
-    kind = {409: ConflictError, 503: UnavailableError}.get(status, EventLogError)
+    kind = (
+        ConflictError if status == 409 else UnavailableError if status in RETRIED else EventLogError
+    )
     return kind(status, problem)
 
 
@@ -380,7 +387,7 @@ class EventLogClient:
                         except Problem as e:
                             raise _invalid_reply(f"{method} {path}: {e.detail}") from None
                     error = _error(reply.status, reply.reason, data)
-                    if reply.status != 503:
+                    if reply.status not in RETRIED:
                         raise error
                     retry_after = _retry_after(reply.headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
@@ -503,7 +510,7 @@ class EventLogClient:
                 ) as reply:
                     if reply.status != 200:
                         error = _error(reply.status, reply.reason, await reply.read())
-                        if reply.status != 503:
+                        if reply.status not in RETRIED:
                             raise error
                         retry_after = _retry_after(reply.headers.get("Retry-After"))
                     else:

@@ -141,12 +141,22 @@ class Relay:
 
 
 class Front:
-    """An HTTP front that answers 503 with Retry-After a few times, then passes requests on."""
+    """An HTTP front that answers 503 with Retry-After a few times, then passes requests on;
+    or, given ``gateway``, answers those statuses first with a proxy's HTML page, as nginx
+    does when the service behind it is down (502) or slow (504)."""
 
-    def __init__(self, upstream: str, *, unavailable: int, retry_after: str) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        unavailable: int = 0,
+        retry_after: str = "1",
+        gateway: tuple[int, ...] = (),
+    ) -> None:
         self.upstream = upstream
         self.unavailable = unavailable
         self.retry_after = retry_after
+        self.gateway = list(gateway)
         self.arrivals: list[float] = []
         self.app = web.Application()
         self.app.router.add_route("*", "/{path:.*}", self._handle)
@@ -154,6 +164,13 @@ class Front:
     async def _handle(self, request: web.Request) -> web.Response:
         self.arrivals.append(time.monotonic())
         body = await request.read()
+        if self.gateway:
+            status = self.gateway.pop(0)
+            return web.Response(
+                text=f"<html><body><h1>{status} Gateway</h1></body></html>",
+                status=status,
+                content_type="text/html",
+            )
         if len(self.arrivals) <= self.unavailable:
             problem = {
                 "type": "urn:eventlog:problem:overloaded",
@@ -311,6 +328,33 @@ async def test_503_retry_after_is_honoured_before_each_retry(server, aiohttp_ser
     assert all(1.0 <= gap < 1.5 for gap in gaps[:2]), gaps
     assert receipt.duplicate is False
     assert [e["event_id"] for e in events] == [str(receipt.event_id)]
+
+
+async def test_502_and_504_from_a_proxy_are_retried_like_503(server, aiohttp_server):
+    """A proxy answers 502, 504, 502 with HTML pages, then passes the request on: emit
+    succeeds and the event is stored once; so does a read."""
+    front = Front(url(server), gateway=(502, 504, 502))
+    front_server = await aiohttp_server(front.app)
+    async with fast(url(front_server)) as client:
+        receipt = await client.emit(body(1))
+        front.gateway = [504, 502]
+        event = await client.get(receipt.event_id)
+    assert len(front.arrivals) == 4 + 3
+    assert receipt.duplicate is False
+    assert event["event_id"] == str(receipt.event_id)
+
+
+async def test_a_proxy_that_keeps_answering_502_raises_unavailable_after_max_attempts(
+    server, aiohttp_server
+):
+    """Retries of 502 are bounded as for 503: UnavailableError with status 502 at the end."""
+    front = Front(url(server), gateway=(502,) * 10)
+    front_server = await aiohttp_server(front.app)
+    async with fast(url(front_server), max_attempts=3) as client:
+        with pytest.raises(UnavailableError) as caught:
+            await client.emit(body(1))
+    assert len(front.arrivals) == 3
+    assert caught.value.status == 502
 
 
 async def test_a_retry_after_past_the_deadline_ends_the_call_at_once(server, aiohttp_server):

@@ -268,7 +268,9 @@ async def test_a_locked_sqlite_file_is_503_without_its_path_in_the_reply(
         holder = sqlite3.connect(path, isolation_level=None)
         try:
             holder.execute("BEGIN EXCLUSIVE")
-            doc = await problem(await client.post("/api/events", json=MINIMAL), 503, "db_unavailable")
+            doc = await problem(
+                await client.post("/api/events", json=MINIMAL), 503, "db_unavailable"
+            )
         finally:
             holder.close()
     assert doc["detail"] == DB_UNAVAILABLE_DETAIL

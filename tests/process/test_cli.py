@@ -188,9 +188,7 @@ def test_a_misspelt_token_variable_is_named_and_the_start_line_says_access_is_op
     assert "secret" not in log
 
 
-def test_the_start_line_says_access_control_is_on_with_tokens(
-    start_server, tmp_path: Path
-) -> None:
+def test_the_start_line_says_access_control_is_on_with_tokens(start_server, tmp_path: Path) -> None:
     """EVENTLOG_WRITE_TOKENS set: the listening line says so, with counts but no token."""
     server = start_server(
         f"sqlite:///{tmp_path}/events.db",
