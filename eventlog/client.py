@@ -53,10 +53,13 @@ other filters, `/api/executions/{id}/events`, following `next_cursor` until the 
 `tail()` follows the SSE stream; it remembers the seq of the last event it yielded and, when
 the connection drops, the stream ends or the server cuts it off (`event: cutoff`), reconnects
 with `Last-Event-ID` so it continues with no gap and no repeat. Heartbeat comments are skipped.
-Without `after`, the stream starts from the log's head read at the call (so even a drop before
-the first event loses nothing). `idle_timeout` (60 s) without a byte, not even a heartbeat,
-counts as a drop. Reconnection gives up after `max_attempts` failed connections in a row
-(raising `UnavailableError`), unless `forever=True`; 4xx replies raise at once.
+Without `after`, the stream starts from the log's head, read when the service first answers
+(so even a drop before the first event loses nothing). `idle_timeout` (60 s) without a byte,
+not even a heartbeat, counts as a drop. Reconnection gives up after `max_attempts` failed
+connections in a row (raising `UnavailableError`); with `forever=True` it never does, waiting
+at most `max_backoff` between attempts, unless `max_wait` bounds how long the service may stay
+unreachable (at the start or later). The log gets one line when the stream is lost and one
+when it is back, not one per attempt; 4xx replies raise at once.
 """
 
 from __future__ import annotations
@@ -164,6 +167,13 @@ def _unreachable(e: BaseException) -> UnavailableError:
     )
     error.__cause__ = e
     return error
+
+
+def _until(forever: bool, max_wait: float | None) -> str:
+    """How long tail goes on trying, for its log line."""
+    if not forever:
+        return ""
+    return " until it is back" if max_wait is None else f" for up to {max_wait:g} s"
 
 
 def _invalid_reply(detail: str) -> EventLogError:
@@ -360,8 +370,10 @@ class EventLogClient:
         params: dict[str, str] | None = None,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        attempts: int | None = None,
     ) -> Any:
-        """One API call, retried as the module docstring says; the decoded JSON reply."""
+        """One API call, retried as the module docstring says (at most ``attempts`` times,
+        when given); the decoded JSON reply."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._deadline
         request_headers = {**self._headers, "Accept": "application/json", **(headers or {})}
@@ -393,7 +405,7 @@ class EventLogClient:
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
                 error = _unreachable(e)
             delay = self._delay(attempt, retry_after)
-            if attempt >= self._max_attempts or loop.time() + delay > give_up_at:
+            if attempt >= (attempts or self._max_attempts) or loop.time() + delay > give_up_at:
                 raise error
             log.info("%s %s: %s; attempt %d in %.2fs", method, path, error, attempt + 1, delay)
             await asyncio.sleep(delay)
@@ -467,9 +479,9 @@ class EventLogClient:
             if cursor is None:
                 return
 
-    async def _head(self) -> int:
+    async def _head(self, attempts: int | None = None) -> int:
         """The log's newest seq (0 when empty): the newest execution's last_seq."""
-        reply = await self._call("GET", "/api/executions", params={"limit": "1"})
+        reply = await self._call("GET", "/api/executions", params={"limit": "1"}, attempts=attempts)
         executions = reply["executions"]
         return int(executions[0]["last_seq"]) if executions else 0
 
@@ -479,32 +491,38 @@ class EventLogClient:
         execution_id: int | None = None,
         *,
         forever: bool = False,
+        max_wait: float | None = None,
         idle_timeout: float | None = 60.0,
         **filters: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """Events from the live stream, after seq ``after`` (or from now), resuming after every
         drop with no gap and no repeat; ``idle_timeout`` seconds without even a heartbeat count
-        as a drop."""
+        as a drop. Gives up after ``max_attempts`` failures in a row, or with ``forever`` only
+        once the service has been unreachable for ``max_wait`` seconds (None: never)."""
         params = _filters(filters)
         path = (
             f"/api/executions/{int(execution_id)}/events/stream"
             if execution_id is not None
             else "/api/events/stream"
         )
-        last = await self._head() if after is None else int(after)
+        last = None if after is None else int(after)
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
         )
+        loop = asyncio.get_running_loop()
         failures = 0
+        down_since = loop.time()
         while True:
-            headers = {
-                **self._headers,
-                "Accept": "text/event-stream",
-                "Last-Event-ID": str(last),
-            }
             retry_after = None
             cut_off = False
             try:
+                if last is None:  # "from now": pinned once the service first answers
+                    last = await self._head(attempts=1)
+                headers = {
+                    **self._headers,
+                    "Accept": "text/event-stream",
+                    "Last-Event-ID": str(last),
+                }
                 async with self._http().get(
                     self._base + path, params=params, headers=headers, timeout=timeout
                 ) as reply:
@@ -514,6 +532,12 @@ class EventLogClient:
                             raise error
                         retry_after = _retry_after(reply.headers.get("Retry-After"))
                     else:
+                        if failures:
+                            log.warning(
+                                "stream back after %.1f s; resuming after seq %d",
+                                loop.time() - down_since,
+                                last,
+                            )
                         failures = 0
                         async for message in read_sse(reply.content):
                             seq = last if message.id is None else int(message.id)
@@ -528,6 +552,8 @@ class EventLogClient:
                         error = _unreachable(ConnectionError("the server ended the stream"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
                 error = _unreachable(e)
+            except UnavailableError as e:  # the one attempt at reading the head
+                error = e
             except (Problem, ValueError) as e:
                 detail = e.detail if isinstance(e, Problem) else str(e)
                 raise _invalid_reply(f"GET {path}: a malformed stream message: {detail}") from None
@@ -535,8 +561,20 @@ class EventLogClient:
                 log.warning("the server cut the stream off; resuming after seq %d", last)
                 continue
             failures += 1
-            if not forever and failures >= self._max_attempts:
+            now = loop.time()
+            if failures == 1:
+                down_since = now
+            waited = now - down_since
+            if forever:
+                if max_wait is not None and waited >= max_wait:
+                    raise error
+            elif failures >= self._max_attempts:
                 raise error
             delay = self._delay(failures, retry_after)
-            log.warning("stream lost (%s); resuming after seq %d in %.2fs", error, last, delay)
+            if max_wait is not None:
+                delay = min(delay, max_wait - waited)
+            if failures == 1:
+                log.warning("stream lost (%s); reconnecting%s", error, _until(forever, max_wait))
+            else:
+                log.debug("attempt %d failed (%s); next in %.2fs", failures, error, delay)
             await asyncio.sleep(delay)

@@ -8,6 +8,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from cattrs.errors import ClassValidationError
@@ -215,3 +216,12 @@ def make_settings(**values: Any) -> Settings:
 def _messages(exc: ClassValidationError) -> list[str]:
     noted, other = exc.group_exceptions()
     return [f"{note.name}: {sub}" for sub, note in noted] + [str(e) for e in other]
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its password, fit for a log line."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -597,3 +598,49 @@ async def test_tail_with_a_bad_request_raises_at_once(server, relay):
                 pass
     assert (caught.value.status, caught.value.code) == (400, "invalid_parameter")
     assert [r.path.split("?")[0] for r in relay.requests()] == ["/api/executions/0/events/stream"]
+
+
+async def test_tail_forever_waits_out_a_service_down_at_the_start(server, relay, caplog):
+    """Unreachable for more than max_attempts tries before the first connection: with
+    forever=True the tail keeps trying, then follows from the head it reads once connected;
+    the log says once that the stream was lost and once that it is back."""
+    caplog.set_level(logging.DEBUG, logger="eventlog.client")
+    relay.refuse = True
+    async with (
+        EventLogClient(url(server)) as writer,
+        fast(relay.url, max_attempts=2) as client,
+        following(client, forever=True) as got,
+    ):
+        await until(lambda: relay.connections >= 5)
+        relay.refuse = False
+        await until(lambda: subscribers(server) == 1)
+        receipt = await writer.emit(body(1))
+        await until(lambda: len(got) == 1)
+    assert got[0]["event_id"] == str(receipt.event_id)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([m for m in warnings if m.startswith("stream lost")]) == 1, warnings
+    assert len([m for m in warnings if m.startswith("stream back")]) == 1, warnings
+    assert "until it is back" in warnings[0]
+
+
+async def test_tail_without_forever_still_gives_up_after_max_attempts(server, relay):
+    """The library default is unchanged: max_attempts failed connections in a row raise."""
+    relay.refuse = True
+    async with fast(relay.url, max_attempts=3) as client, asyncio.timeout(10):
+        with pytest.raises(UnavailableError):
+            async for _ in client.tail():
+                pass
+    # aiohttp itself retries a GET once on a connection the peer closed at once.
+    assert 3 <= relay.connections <= 6
+
+
+async def test_tail_forever_with_max_wait_gives_up_after_that_long_unreachable(server, relay):
+    """forever=True, max_wait=0.5: UnavailableError about half a second into the outage."""
+    relay.refuse = True
+    started = time.monotonic()
+    async with fast(relay.url, max_backoff=0.1) as client:
+        with pytest.raises(UnavailableError) as caught:
+            async for _ in client.tail(after=0, forever=True, max_wait=0.5):
+                pass
+    assert 0.5 <= time.monotonic() - started < 3.0
+    assert caught.value.code == "unreachable"

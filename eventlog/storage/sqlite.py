@@ -9,6 +9,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -199,7 +200,14 @@ class SqliteStore(EventStore):
 
     backend = "sqlite"
 
-    def __init__(self, dsn: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        read_only: bool = False,
+    ):
         if not dsn.startswith("sqlite:///"):
             raise ValueError(
                 "a SQLite DSN looks like sqlite:///relative/path.db or sqlite:////abs.db"
@@ -209,6 +217,7 @@ class SqliteStore(EventStore):
         if self._synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self._busy_timeout_ms = busy_timeout_ms
+        self._read_only = read_only
         self._thread: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -235,6 +244,8 @@ class SqliteStore(EventStore):
             raise _unwritable(self.path, e) from e
 
     async def open(self) -> None:
+        if self._read_only:
+            return await self._open_read_only()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite-writer")
@@ -244,6 +255,19 @@ class SqliteStore(EventStore):
             for pragma in self._pragmas():
                 await self._reader.execute(pragma)
         except (sqlite3.Error, OSError) as e:
+            await self.close()
+            raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
+
+    async def _open_read_only(self) -> None:
+        """Only a reader, on a file that must exist: sqlite3 would create a missing one, and a
+        reader has no business leaving an empty database behind. Writes fail: not open."""
+        if not self.path.is_file():
+            raise StoreUnavailable(f"no SQLite file at {self.path}")
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        except sqlite3.Error as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
 
