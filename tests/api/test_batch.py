@@ -57,6 +57,15 @@ def ndjson(items) -> bytes:
     return b"".join(json.dumps(i).encode() + b"\n" for i in items)
 
 
+async def post_in_form(client, form: str, items: list):
+    """POST the items as a batch in one form: NoETL's object (execution 900), array, NDJSON."""
+    if form == "noetl":
+        return await client.post("/api/events/batch", json={"execution_id": 900, "events": items})
+    if form == "array":
+        return await client.post("/api/events/batch", json=items)
+    return await client.post("/api/events/batch", data=ndjson(items), headers=NDJSON)
+
+
 async def events_of(client, execution_id) -> list[dict]:
     """Every event of one execution (they fit one page here)."""
     reply = await client.get(f"/api/executions/{execution_id}/events", params={"limit": "1000"})
@@ -146,12 +155,7 @@ async def test_bad_items_are_all_named_and_nothing_is_stored(client, form, paths
         "junk",
         envelope(5),
     ]
-    if form == "noetl":
-        reply = await client.post("/api/events/batch", json={"execution_id": 900, "events": items})
-    elif form == "array":
-        reply = await client.post("/api/events/batch", json=items)
-    else:
-        reply = await client.post("/api/events/batch", data=ndjson(items), headers=NDJSON)
+    reply = await post_in_form(client, form, items)
     doc = await problem(reply, 422, "invalid_envelope")
     assert [e["path"] for e in doc["errors"]] == paths
     assert await events_of(client, 900) == []
@@ -206,12 +210,7 @@ async def test_two_items_with_one_key_and_other_content_are_named_in_the_409(
     """Items 0 and 2 share a key but not a step: 409 naming both at their wire paths, saying
     nothing was stored (not that an event is already stored), and nothing is stored."""
     items = [envelope(1), envelope(2), envelope(1, step="other")]
-    if form == "noetl":
-        reply = await client.post("/api/events/batch", json={"execution_id": 900, "events": items})
-    elif form == "array":
-        reply = await client.post("/api/events/batch", json=items)
-    else:
-        reply = await client.post("/api/events/batch", data=ndjson(items), headers=NDJSON)
+    reply = await post_in_form(client, form, items)
     doc = await problem(reply, 409, "event_conflict")
     assert doc["detail"].startswith(f"{first} and {second} carry the same execution_id and")
     assert "nothing was stored" in doc["detail"]
