@@ -34,9 +34,9 @@ Retries (defaults: timeout 10 s per attempt, max_attempts 8, backoff 0.1 s, max_
 deadline 30 s). A connection error (refused, reset, a server that hangs up before replying), a
 timeout of one attempt, a 503, or a 502 or 504 from a proxy in front of the service is
 retried, at most `max_attempts` attempts in all and never past `deadline` seconds from the
-call: the wait before attempt n+1 is `backoff * 2**(n-1)` (at most `max_backoff`), jittered down to half of that, or, on a 503
-with `Retry-After`, that many seconds plus up to `backoff` of jitter (a Retry-After that would
-overrun the deadline ends the call at once). Retrying a write is safe because its body, ids and
+call: the wait before attempt n+1 is `backoff * 2**(n-1)` (at most `max_backoff`), jittered
+down to half of that, or, on a reply with `Retry-After`, that many seconds plus up to `backoff`
+of jitter (a Retry-After that would overrun the deadline ends the call at once). Retrying a write is safe because its body, ids and
 `Idempotency-Key` are fixed before the first attempt. Every other error reply raises at once,
 4xx included: `EventLogError` carrying the status, the problem's `code`, the whole problem
 document and its field errors; `ConflictError` for a 409 (`event_conflict`,
@@ -572,7 +572,7 @@ class EventLogClient:
                 raise error
             delay = self._delay(failures, retry_after)
             if max_wait is not None:
-                delay = min(delay, max_wait - waited)
+                delay = max(min(delay, max_wait - waited), 0.0)
             if failures == 1:
                 log.warning("stream lost (%s); reconnecting%s", error, _until(forever, max_wait))
             else:

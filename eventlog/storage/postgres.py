@@ -301,7 +301,7 @@ class PostgresStore(EventStore):
                     # An acknowledged event must survive a crash, whatever the server's default.
                     "synchronous_commit": "on",
                     # A reader (eventlog export) cannot change the database, even by mistake.
-                    "default_transaction_read_only": "on" if self._read_only else "off",
+                    **({"default_transaction_read_only": "on"} if self._read_only else {}),
                 },
             )
 
