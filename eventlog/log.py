@@ -296,8 +296,9 @@ class EventLog:
                 headers={"Retry-After": "1"},
             )
         if pending:
+            # A fixed sentence, like every 503; `eventlog migrate` names what it applies.
             raise DatabaseUnavailable(
-                f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`",
+                "the database schema is older than this version: run `eventlog migrate`",
                 headers={"Retry-After": "5"},
             )
 
