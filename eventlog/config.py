@@ -182,7 +182,13 @@ def load_settings(
 # EVENTLOG_* variables read on purpose that are not settings: the config file's path, the
 # token of `eventlog tail`, and the test suite's own switches.
 OTHER_VARIABLES = frozenset(
-    {"EVENTLOG_CONFIG", "EVENTLOG_TOKEN", "EVENTLOG_REQUIRE_PG", "EVENTLOG_TEST_PG_DSN"}
+    {
+        "EVENTLOG_CONFIG",
+        "EVENTLOG_TOKEN",
+        "EVENTLOG_REQUIRE_PG",
+        "EVENTLOG_REQUIRE_BROWSER",
+        "EVENTLOG_TEST_PG_DSN",
+    }
 )
 
 

@@ -366,6 +366,7 @@ def _components() -> dict[str, Any]:
         "EventIdPath": _param(
             "event_id", "path", {"type": "integer", "minimum": 0, "maximum": MAX_ID}
         ),
+        "AssetName": _param("name", "path", {"type": "string"}, "a file of the event browser"),
         "ExecutionIdPath": _param(
             "execution_id", "path", {"type": "integer", "minimum": 1, "maximum": MAX_ID}
         ),
@@ -445,7 +446,7 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str = "")
 def operation_id(method: str, path: str) -> str:
     """A name for the operation: get_api_events_event_id."""
     words = path.replace("{", "").replace("}", "").replace(".", "_").strip("/").split("/")
-    return "_".join([method.lower(), *words])
+    return "_".join([method.lower(), *(words if words != [""] else ["root"])])
 
 
 @attrs.frozen
@@ -457,6 +458,7 @@ class _Operation:
     problems: tuple[type[Problem], ...] = ()
     parameters: tuple[str, ...] = ()
     body: dict[str, Any] | None = None
+    public: bool = False  # answered without a token (the browser's pages hold no data)
 
 
 def _reply(description: str, media: str = JSON, schema: dict[str, Any] | None = None) -> dict:
@@ -482,6 +484,13 @@ _STREAM = _reply(
     "data is the Event; a comment line after each quiet heartbeat; a subscriber too far behind "
     "gets a final `event: cutoff` message and is disconnected.",
     SSE,
+    {"type": "string"},
+)
+
+_PAGE = _reply(
+    "An HTML page of the event browser; it holds no data and loads it from /api/ with the "
+    "reader's token",
+    "text/html",
     {"type": "string"},
 )
 
@@ -659,6 +668,22 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "Prometheus metrics",
         {200: _reply("The Prometheus text exposition format", "text/plain", {"type": "string"})},
     ),
+    ("GET", "/"): _Operation("The event browser: executions", {200: _PAGE}, public=True),
+    ("GET", "/executions/{execution_id}"): _Operation(
+        "The event browser: one execution (any id: it may not have begun)",
+        {200: _PAGE},
+        (NotFound,),
+        ("ExecutionIdPath",),
+        public=True,
+    ),
+    ("GET", "/events"): _Operation("The event browser: the live feed", {200: _PAGE}, public=True),
+    ("GET", "/assets/{name}"): _Operation(
+        "A script, style sheet or icon of the event browser",
+        {200: {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}}},
+        (NotFound,),
+        ("AssetName",),
+        public=True,
+    ),
     ("GET", "/api/openapi.json"): _Operation(
         "This document", {200: _reply("The OpenAPI 3.1 document", schema={"type": "object"})}
     ),
@@ -759,7 +784,7 @@ def document(app: web.Application) -> dict[str, Any]:
             path,
             spec,
             auth=settings.auth_enabled,
-            open_path=path in settings.open_paths,
+            open_path=spec.public or path in settings.open_paths,
         )
     return {
         "openapi": OPENAPI_VERSION,

@@ -14,6 +14,7 @@ import attrs
 import orjson
 from aiohttp import web
 
+from . import browser
 from .codec import (
     MAX_ID,
     converter,
@@ -115,6 +116,7 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    open_resources.update(browser.add_routes(app))  # pages hold no data; /api/ asks the token
     open_resources.update(r for r in app.router.resources() if r.canonical in settings.open_paths)
     return app
 

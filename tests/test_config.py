@@ -112,6 +112,7 @@ def test_settings_and_the_variables_read_on_purpose_are_not_reported() -> None:
         "EVENTLOG_CONFIG": "x",
         "EVENTLOG_TOKEN": "x",
         "EVENTLOG_REQUIRE_PG": "1",
+        "EVENTLOG_REQUIRE_BROWSER": "1",
         "EVENTLOG_TEST_PG_DSN": "x",
         "PATH": "/bin",
         "XEVENTLOG_PORT": "1",

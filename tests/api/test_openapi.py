@@ -30,6 +30,8 @@ MINIMAL = CONTRACT_BODIES["minimal"]
 JSON = {"Content-Type": "application/json"}
 # Problems no operation lists: an unexpected error, and a method a path does not serve.
 UNLISTED_CODES = {"internal_error", "method_not_allowed"}
+# The event browser's pages and assets: no data, so no token.
+BROWSER_PAGES = {"/", "/executions/{execution_id}", "/events", "/assets/{name}"}
 
 
 @pytest.fixture
@@ -457,8 +459,8 @@ async def test_streams_reply_with_the_documented_media_type(client):
 
 async def test_security_follows_the_configured_tokens(aiohttp_client, tmp_path):
     """Without tokens no operation needs credentials and none replies 401; with tokens every
-    operation but the open paths needs a bearer token and documents 401 and 403, and the real
-    401 reply validates."""
+    operation but the open paths and the browser's pages needs a bearer token and documents 401
+    and 403, and the real 401 reply validates."""
     open_doc = await served(
         await aiohttp_client(create_app(Settings(dsn=f"sqlite:///{tmp_path}/a.db")))
     )
@@ -473,7 +475,7 @@ async def test_security_follows_the_configured_tokens(aiohttp_client, tmp_path):
     reply = await client.get(DOC, headers={"Authorization": "Bearer w"})
     doc = await reply.json()
     for method, path, operation in operations(doc):
-        if path == "/health":
+        if path == "/health" or path in BROWSER_PAGES:
             assert operation["security"] == [] and "401" not in operation["responses"]
         else:
             assert operation["security"] == [{"bearer": []}], (method, path)
