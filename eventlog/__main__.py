@@ -17,7 +17,7 @@ from . import __version__, logs, tools
 from .config import ConfigError, Settings, describe_dsn, load_settings, unknown_variables
 from .ids import decode
 from .problems import Problem
-from .storage.base import StoreError, open_store
+from .storage.base import FILTERS, StoreError, open_store
 
 log = logging.getLogger("eventlog")
 
@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("EVENTLOG_TOKEN"),
         help="bearer token, when the service requires one (or EVENTLOG_TOKEN)",
     )
-    for name in ("event-type", "step", "status", "worker-id"):
-        tail.add_argument(f"--{name}", help=f"only events with this {name.replace('-', '_')}")
+    for name in FILTERS:
+        tail.add_argument(f"--{name.replace('_', '-')}", help=f"only events with this {name}")
 
     export = commands.add_parser("export", help="write events as NDJSON to standard output")
     _store_flags(export)
@@ -242,11 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tail":
         logging.basicConfig(level="INFO", format="%(asctime)s %(message)s", stream=sys.stderr)
         _warn_unknown_variables()
-        filters = {
-            k: v
-            for k in ("event_type", "step", "status", "worker_id")
-            if (v := getattr(args, k)) is not None
-        }
+        filters = {k: v for k in FILTERS if (v := getattr(args, k)) is not None}
         try:
             return asyncio.run(
                 tools.tail(

@@ -32,12 +32,13 @@ processes at high rates should be given distinct `node_id`s.
 
 Retries (defaults: timeout 10 s per attempt, max_attempts 8, backoff 0.1 s, max_backoff 5 s,
 deadline 30 s). A connection error (refused, reset, a server that hangs up before replying), a
-timeout of one attempt, a 503, or a 502 or 504 from a proxy in front of the service is
-retried, at most `max_attempts` attempts in all and never past `deadline` seconds from the
-call: the wait before attempt n+1 is `backoff * 2**(n-1)` (at most `max_backoff`), jittered
-down to half of that, or, on a reply with `Retry-After`, that many seconds plus up to `backoff`
-of jitter (a Retry-After that would overrun the deadline ends the call at once). Retrying a write is safe because its body, ids and
-`Idempotency-Key` are fixed before the first attempt. Every other error reply raises at once,
+timeout of one attempt, a 503, or a 502 or 504 from a proxy in front of the service (not the
+service's own 502 `unreadable_row`) is retried, at most `max_attempts` attempts in all and
+never past `deadline` seconds from the call: the wait before attempt n+1 is
+`backoff * 2**(n-1)` (at most `max_backoff`), jittered down to half of that, or, on a reply
+with `Retry-After`, that many seconds plus up to `backoff` of jitter (a Retry-After that would
+overrun the deadline ends the call at once). Retrying a write is safe because its body, ids
+and `Idempotency-Key` are fixed before the first attempt. Every other error reply raises at once,
 4xx included: `EventLogError` carrying the status, the problem's `code`, the whole problem
 document and its field errors; `ConflictError` for a 409 (`event_conflict`,
 `idempotency_conflict`: a conflict is an error, not a success); `UnavailableError` when the
@@ -81,6 +82,7 @@ from .codec import dumps, format_timestamp, loads
 from .envelope import Envelope
 from .ids import NODE_ID_MAX, SnowflakeGenerator
 from .problems import FieldError, Problem
+from .storage.base import FILTERS
 
 __all__ = [
     "BatchReceipt",
@@ -95,10 +97,11 @@ __all__ = [
 
 log = logging.getLogger("eventlog.client")
 
-FILTERS = ("event_type", "step", "status", "worker_id")
 # 503 is the service's own "later"; 502 and 504 come from a proxy in front of it whose
-# upstream is down or slow: the same condition, seen from one hop further out.
-RETRIED = frozenset({502, 503, 504})
+# upstream is down or slow: the same condition, seen from one hop further out. The service's
+# own 502 (a stored row it cannot render) is no such thing, and is not retried.
+GATEWAY = frozenset({502, 504})
+OWN_PROBLEM = "urn:eventlog:problem:"
 
 
 # --- errors and results -------------------------------------------------------------------
@@ -153,9 +156,10 @@ def _error(status: int, reason: str | None, body: bytes) -> EventLogError:
             "detail": body[:500].decode("utf-8", "replace") or reason,
             "code": reason.lower().replace(" ", "_").replace("-", "_"),
         }
-    kind = (
-        ConflictError if status == 409 else UnavailableError if status in RETRIED else EventLogError
+    transient = status == 503 or (
+        status in GATEWAY and not str(problem.get("type")).startswith(OWN_PROBLEM)
     )
+    kind = ConflictError if status == 409 else UnavailableError if transient else EventLogError
     return kind(status, problem)
 
 
@@ -399,7 +403,7 @@ class EventLogClient:
                         except Problem as e:
                             raise _invalid_reply(f"{method} {path}: {e.detail}") from None
                     error = _error(reply.status, reply.reason, data)
-                    if reply.status not in RETRIED:
+                    if not isinstance(error, UnavailableError):
                         raise error
                     retry_after = _retry_after(reply.headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
@@ -528,7 +532,7 @@ class EventLogClient:
                 ) as reply:
                     if reply.status != 200:
                         error = _error(reply.status, reply.reason, await reply.read())
-                        if reply.status not in RETRIED:
+                        if not isinstance(error, UnavailableError):
                             raise error
                         retry_after = _retry_after(reply.headers.get("Retry-After"))
                     else:
@@ -545,6 +549,9 @@ class EventLogClient:
                                 cut_off = True
                                 last = seq
                                 break
+                            if message.event == "unreadable":  # the server skips it
+                                log.error("the stream skipped a stored row: %s", message.data)
+                                last = seq
                             if message.event == "message" and message.data:
                                 event = loads(message.data.encode())
                                 last = seq

@@ -42,7 +42,7 @@ from .envelope import (
     Timestamp,
 )
 from .ids import MAX_ID
-from .problems import EmptyBody, FieldError, InvalidEnvelope, InvalidJson
+from .problems import EmptyBody, FieldError, InvalidEnvelope, InvalidJson, Problem
 from .status import normalise_status
 from .storage.base import Execution
 
@@ -65,35 +65,99 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _finite_float(text: str) -> float:
+@attrs.frozen
+class Unrepresentable:
+    """A JSON number read from a body that no store can give back as sent (a float beyond a
+    64-bit double, an integer of more than MAX_INT_DIGITS digits). Parsing keeps it, so that
+    the field holding it is refused by name (422) rather than the whole body (400)."""
+
+    text: str
+
+
+# Python reads and writes integers of up to this many digits (sys.int_info); a stored payload
+# must be readable by the library API (Event.payload) and by idempotency checks.
+MAX_INT_DIGITS = 4300
+# How deeply arrays and objects may nest inside payload and meta: the depth orjson writes
+# (tests/test_codec.py pins it), so every value that passes is written by the fast path.
+MAX_DEPTH = 254
+_INT_BOUND = 10**MAX_INT_DIGITS
+
+
+def _float(text: str) -> float | Unrepresentable:
     value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
+    return value if math.isfinite(value) else Unrepresentable(text)
+
+
+def _int(text: str) -> int | Unrepresentable:
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
+        return Unrepresentable(text)
+    return int(text)
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def loads(data: bytes) -> Any:
-    """Parse a JSON document; raise EmptyBody or InvalidJson (400) when it is not one."""
+    """Parse a JSON document; raise EmptyBody or InvalidJson (400) when it is not one, and
+    InvalidEnvelope (422) naming the field when it nests deeper than any store keeps."""
     if not data.strip():
         raise EmptyBody("the request body is empty; send one JSON document")
     shape = data.translate(_DIGITS_TO_ZERO)
     if _TWENTY_DIGITS not in shape and _NEGATIVE_NINETEEN not in shape:
         try:
             return orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise InvalidJson(f"the body is not valid JSON: {e}") from None
+        except orjson.JSONDecodeError:
+            pass  # the standard library tells a wrong body from a value we refuse by name
     try:
-        return json.loads(
-            data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
-        )
-    except (ValueError, RecursionError) as e:
+        text = data.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_float, parse_int=_int)
+    except RecursionError:
+        problem = _too_deep(text)
+        if problem is None:
+            raise InvalidJson("the body is not valid JSON: its brackets do not balance") from None
+        raise problem from None
+    except ValueError as e:
         raise InvalidJson(f"the body is not valid JSON: {str(e)[:200]}") from None
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[^\s\[\]{}:,"]+|\S')
+
+
+def _too_deep(text: str) -> Problem | None:
+    """For a body too deep for the parsers: a 422 naming the envelope field that nests too
+    deeply, or None when its brackets do not balance (then it is not JSON at all)."""
+    frames: list[list[Any]] = []  # per open container: [is_object, key or index]
+    found: list[list[Any]] | None = None
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            frames.append([token == "{", None if token == "{" else 0])
+            if found is None and len(frames) > MAX_DEPTH + 3:
+                found = [list(f) for f in frames]
+        elif token in ("]", "}"):
+            if not frames or frames.pop()[0] != (token == "}"):
+                return None
+        elif token == "," and frames and not frames[-1][0]:
+            frames[-1][1] += 1
+        elif token.startswith('"') and frames and frames[-1][0]:
+            frames[-1][1] = token  # a key, or a value after one: the next ":" follows a key
+    if frames or found is None:
+        return None
+    # The envelope's field: $.payload; $[3].payload in an array; $.events[3].payload.
+    top_is_events = found[0][0] and found[0][1] == '"events"'
+    level = 3 if top_is_events else 1 if found[0][0] else 2
+    path = "$" + "".join(
+        f".{json.loads(key)}" if is_object else f"[{key}]" for is_object, key in found[:level]
+    )
+    message = f"nests deeper than {MAX_DEPTH} levels of arrays and objects"
+    return InvalidEnvelope(f"{path}: {message}", errors=[FieldError(path, message)])
 
 
 def loads_ndjson(data: bytes) -> tuple[list[Any], list[int]]:
     """One JSON document per line (blank lines skipped), with the line numbers they came from;
-    InvalidJson names every bad line."""
-    values, numbers, errors = [], [], []
+    InvalidJson names every bad line, else InvalidEnvelope every line nested too deeply."""
+    values, numbers, errors, deep = [], [], [], []
     for number, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -102,10 +166,12 @@ def loads_ndjson(data: bytes) -> tuple[list[Any], list[int]]:
             numbers.append(number)
         except InvalidJson as e:
             errors.append(FieldError(f"line {number}", e.detail.removeprefix("the body is ")))
+        except InvalidEnvelope as e:
+            deep += [FieldError(f"line {number}: {f.path}", f.message) for f in e.errors or ()]
     if errors:
         raise InvalidJson(f"{len(errors)} line(s) are not valid JSON", errors=errors)
-    if not values:
-        raise EmptyBody("the request body holds no events")
+    if deep:
+        raise InvalidEnvelope(_summary(deep), errors=deep)
     return values, numbers
 
 
@@ -121,13 +187,42 @@ def dumps(value: Any) -> bytes:
 
 
 def json_text(value: Any) -> str:
-    """JSON text of an already parsed value, or ValueError when it cannot be stored."""
+    """JSON text of an already parsed value, or ValueError saying why no store keeps it."""
     try:
-        return dumps(value).decode()
-    except RecursionError:
-        raise ValueError("nested too deeply to be stored") from None
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        pass  # too deep, an integer past 64 bits, a lone surrogate, or a refused number
+    why = _unstorable(value)
+    if why is not None:
+        raise ValueError(why)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode()
     except UnicodeEncodeError:
         raise ValueError("contains a lone surrogate, which has no UTF-8 form") from None
+    return text
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why a parsed value cannot be stored as it came, if it cannot: nesting past MAX_DEPTH or
+    a number no store gives back (a loop: the value may nest deeper than Python recurses)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if depth == MAX_DEPTH:
+                return f"nests deeper than {MAX_DEPTH} levels of arrays and objects"
+            children = item.values() if kind is dict else item
+            pending.extend((child, depth + 1) for child in children)
+        elif kind is int and not -_INT_BOUND < item < _INT_BOUND:  # (from the library API)
+            return f"holds an integer of more than {MAX_INT_DIGITS} digits"
+        elif kind is Unrepresentable:
+            return (
+                f"holds the number {_shortened(item.text)}, which is outside what is kept (a finite "
+                f"64-bit float, or an integer of at most {MAX_INT_DIGITS} digits)"
+            )
+    return None
 
 
 def same_json(a: Any, b: Any) -> bool:
@@ -200,14 +295,36 @@ def _status(value: Any, _: Any) -> str:
     return status
 
 
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds: 2026-05-31T10:00:00.000000Z."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+# The instants created_at may hold: both stores keep every microsecond between them (asyncpg
+# writes 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z as -infinity and infinity, which
+# no reader can render), and a day of margin lets any reader show them at any UTC offset.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+_RANGE = f"must fall between {format_timestamp(EARLIEST)} and {format_timestamp(LATEST)}"
+
+
 def _timestamp(value: Any, _: Any) -> datetime:
     if type(value) is not str or not _RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 timestamp with an offset, like 2026-05-31T10:00:00Z")
+    if value.startswith("0000"):
+        raise ValueError(_RANGE)
     try:
         # fromisoformat wants upper-case T and Z; digits past microseconds are dropped.
-        return datetime.fromisoformat(value.upper()).astimezone(UTC)
-    except (ValueError, OverflowError) as e:
+        moment = datetime.fromisoformat(value.upper())
+    except ValueError as e:
         raise ValueError(f"is not a valid timestamp: {e}") from None
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # the offset moves it outside years 1 to 9999
+        raise ValueError(_RANGE) from None
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(_RANGE)
+    return moment
 
 
 def _result_kind(value: Any, _: Any) -> str:
@@ -298,11 +415,6 @@ def _make_converter() -> cattrs.Converter:
 
 
 # --- events out ---------------------------------------------------------------------------
-
-
-def format_timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds: 2026-05-31T10:00:00.000000Z."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _unstructure_event(event: Event) -> dict[str, Any]:
@@ -473,13 +585,13 @@ def structure_python(items: list[Any], *, single: bool = False) -> list[Envelope
         try:
             item_errors = plain_json_errors(item, path)
         except RecursionError:
-            item_errors = [FieldError(path, "nested too deeply to be stored")]
+            item_errors = [
+                FieldError(path, f"nests deeper than {MAX_DEPTH} levels of arrays and objects")
+            ]
         if not item_errors:
             envelope, item_errors = _structure_envelope(item, path)
             envelopes.append(envelope)
         errors += item_errors
-    if not items:
-        errors.append(FieldError("$", "must hold at least one event"))
     if errors:
         raise InvalidEnvelope(_summary(errors), errors=errors)
     return envelopes  # type: ignore[return-value]
@@ -522,8 +634,6 @@ def structure_batch(data: Any, *, lines: list[int] | None = None) -> list[Envelo
             "a batch is an array of events or an object with an events array",
             errors=[FieldError("$", 'must be an array or an object with "events"')],
         )
-    if not items and not errors:
-        errors.append(FieldError(prefix, "must hold at least one event"))
     envelopes = []
     for index, item in enumerate(items):
         if inherited and type(item) is dict:

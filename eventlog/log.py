@@ -23,10 +23,12 @@ from .problems import (
     InvalidEnvelope,
     NotFound,
     Problem,
+    UnreadableStoredRow,
     database_unavailable,
 )
-from .storage.base import EventStore, Execution, Key, Page, StoreError, open_store
-from .stream import CutOff, Filter, Hub, Subscription
+from .storage import base as storage
+from .storage.base import EventStore, Execution, Filter, Key, Page, StoreError, open_store
+from .stream import CutOff, Hub, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -163,6 +165,9 @@ class EventLog:
         content raise EventConflict naming both by ``paths`` (their wire paths; ``$[i]``
         when not given).
         """
+        if not envelopes and idempotency is None:
+            # An empty batch (producers flush empty buffers): nothing to write, nothing to keep.
+            return Receipt(str(self.ids.next_id()), (), ()), []
         if self._redact:
             envelopes = [self._redacted(e) for e in envelopes]
         received_at = now()
@@ -282,9 +287,13 @@ class EventLog:
             raise NotFound(f"no execution with id {execution_id}")
         return found
 
-    async def executions(self, before: int | None = None, limit: int = 100) -> list[Execution]:
-        """Executions by newest activity first, older than the ``before`` cursor."""
-        return await self._reading(lambda: self.store.executions(before, limit))
+    async def executions(
+        self, before: int | None = None, limit: int = 100, *, status: str | None = None
+    ) -> list[Execution]:
+        """Executions by newest activity first, older than the ``before`` cursor; only those
+        with ``status`` (in any case) when given."""
+        wanted = None if status is None else status.upper()
+        return await self._reading(lambda: self.store.executions(before, limit, wanted))
 
     async def ready(self) -> None:
         """Raise DatabaseUnavailable unless the store answers, needs no migration, and this
@@ -305,6 +314,10 @@ class EventLog:
     async def _reading(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
             result = await call()
+        except storage.UnreadableRow as e:
+            self.metrics.store_errors.labels("read").inc()
+            log.error("%s", e)
+            raise UnreadableStoredRow(str(e)) from e
         except StoreError as e:
             self.metrics.store_errors.labels("read").inc()
             # Once per outage, as the writer does for writes: the reply carries no cause.
@@ -368,8 +381,9 @@ async def _follow(
         while True:
             try:
                 async for chunk in current[0].chunks():
-                    for event in chunk or ():
-                        yield event
+                    if isinstance(chunk, list):  # (an unreadable row was logged where met)
+                        for event in chunk:
+                            yield event
                 return  # the log closed
             except CutOff as e:
                 current[0].close()

@@ -9,6 +9,7 @@ written here, and the tests hold the replies of a running service against them.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -51,8 +52,10 @@ from .problems import (
     Problem,
     TooManyEvents,
     Unauthorized,
+    UnreadableStoredRow,
     UnsupportedMediaType,
 )
+from .storage.base import FILTERS, Filter
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -109,6 +112,11 @@ def _id_in(low: int) -> dict[str, Any]:
 _NO_NUL = r"^[^\x00]*$"
 _STATUS_IN = status.STATUS_PATTERN.pattern.replace("A-Z", "A-Za-z")
 
+_JSON_LIMITS = (
+    f"any JSON value nesting at most {codec.MAX_DEPTH} levels of arrays and objects; numbers "
+    f"are finite 64-bit floats or integers of at most {codec.MAX_INT_DIGITS} digits"
+)
+
 # Every type an Envelope field may have, and what the codec's strict hook for it accepts.
 _WIRE_TYPES: dict[Any, dict[str, Any]] = {
     ExecutionId: _id_in(1),
@@ -124,11 +132,13 @@ _WIRE_TYPES: dict[Any, dict[str, Any]] = {
         "type": "string",
         "format": "date-time",
         "pattern": f"^{codec._RFC3339.pattern}$",
-        "description": "RFC 3339 with an offset (Z or +hh:mm); stored in UTC",
+        "description": "RFC 3339 with an offset (Z or +hh:mm); stored in UTC; the instant "
+        f"must fall between {codec.format_timestamp(codec.EARLIEST)} and "
+        f"{codec.format_timestamp(codec.LATEST)}",
     },
     ResultKind: {"enum": list(RESULT_KINDS)},
-    JsonValue: {},
-    JsonObject: {"type": "object"},
+    JsonValue: {"description": _JSON_LIMITS},
+    JsonObject: {"type": "object", "description": _JSON_LIMITS},
     IdList: {"type": "array", "items": _id_in(0)},
     bool: {"type": "boolean"},
 }
@@ -198,7 +208,6 @@ def _batch_object_schema() -> dict[str, Any]:
     schema = _fields_schema(codec._BatchHeader, [])
     schema["properties"]["events"] = {
         "type": "array",
-        "minItems": 1,
         "items": _schema("BatchItem"),
     }
     schema.setdefault("allOf", []).insert(0, {"required": ["events"]})
@@ -380,9 +389,19 @@ def _components() -> dict[str, Any]:
         "After": _param("after", "query", after, "a next_cursor: start just past it"),
         "Order": _param("order", "query", {"enum": ["asc", "desc"], "default": "asc"}),
         **{
-            f"Filter_{name}": _param(name, "query", text, f"only events with this {name}")
-            for name in ("event_type", "step", "status", "worker_id")
+            f"Filter_{f.name}": _param(
+                f.name,
+                "query",
+                {"type": "string"} if f.metadata.get("any_case") else text,
+                f"only events with this {f.name}"
+                + (" (any case)" if f.metadata.get("any_case") else ""),
+            )
+            for f in attrs.fields(Filter)
+            if f.name in FILTERS
         },
+        "ExecutionStatus": _param(
+            "status", "query", {"type": "string"}, "only executions with this status (any case)"
+        ),
         "IdempotencyKey": _param(
             "Idempotency-Key",
             "header",
@@ -443,6 +462,22 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str = "")
 # --- operations ---------------------------------------------------------------------------
 
 
+def query_parameters(method: str, path: str) -> frozenset[str]:
+    """The query parameters the operation at (method, path) takes (HEAD: those of GET)."""
+    return _query_names().get(("GET" if method == "HEAD" else method, path), frozenset())
+
+
+@functools.cache
+def _query_names() -> dict[tuple[str, str], frozenset[str]]:
+    parameters = _components()["parameters"]
+    return {
+        key: frozenset(
+            parameters[p]["name"] for p in operation.parameters if parameters[p]["in"] == "query"
+        )
+        for key, operation in OPERATIONS.items()
+    }
+
+
 def operation_id(method: str, path: str) -> str:
     """A name for the operation: get_api_events_event_id."""
     words = path.replace("{", "").replace("}", "").replace(".", "_").strip("/").split("/")
@@ -465,7 +500,7 @@ def _reply(description: str, media: str = JSON, schema: dict[str, Any] | None = 
     return {"description": description, "content": {media: {"schema": schema or {}}}}
 
 
-_READ = (InvalidParameter, DatabaseUnavailable)
+_READ = (InvalidParameter, UnreadableStoredRow, DatabaseUnavailable)
 _WRITE = (
     InvalidJson,
     EmptyBody,
@@ -478,11 +513,13 @@ _WRITE = (
     Overloaded,
     DatabaseUnavailable,
 )
-_FILTERS = tuple(f"Filter_{n}" for n in ("event_type", "step", "status", "worker_id"))
+_FILTERS = tuple(f"Filter_{n}" for n in FILTERS)
 _STREAM = _reply(
     "Server-Sent Events, never ending: each event is a message whose id is its seq and whose "
     "data is the Event; a comment line after each quiet heartbeat; a subscriber too far behind "
-    "gets a final `event: cutoff` message and is disconnected.",
+    "gets a final `event: cutoff` message and is disconnected; a stored row that cannot be "
+    "read is an `event: unreadable` message naming it, whose id is its seq, and the stream "
+    "goes on.",
     SSE,
     {"type": "string"},
 )
@@ -596,15 +633,13 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
                     "schema": {
                         "oneOf": [
                             _schema("BatchObject"),
-                            {"type": "array", "minItems": 1, "items": _schema("Envelope")},
+                            {"type": "array", "items": _schema("Envelope")},
                         ]
                     },
                     "examples": _BATCH_EXAMPLES,
                 },
                 **{
-                    media: {
-                        "schema": {"type": "array", "minItems": 1, "items": _schema("Envelope")}
-                    }
+                    media: {"schema": {"type": "array", "items": _schema("Envelope")}}
                     for media in routes.NDJSON
                 },
             },
@@ -614,7 +649,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "The feed: the whole log in commit order, filtered, a page at a time",
         {200: _reply("A page", schema=_schema("EventPage"))},
         _READ,
-        ("After", "Limit", "ExecutionIdQuery", *_FILTERS),
+        ("After", "Limit", "Order", "ExecutionIdQuery", *_FILTERS),
     ),
     ("GET", "/api/events/stream"): _Operation(
         "The log as Server-Sent Events (filters as for the feed)",
@@ -632,7 +667,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "Executions by newest activity first",
         {200: _reply("A page", schema=_schema("ExecutionPage"))},
         _READ,
-        ("After", "Limit"),
+        ("After", "Limit", "ExecutionStatus"),
     ),
     ("GET", "/api/executions/{execution_id}"): _Operation(
         "One execution at a glance",
@@ -668,15 +703,19 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "Prometheus metrics",
         {200: _reply("The Prometheus text exposition format", "text/plain", {"type": "string"})},
     ),
-    ("GET", "/"): _Operation("The event browser: executions", {200: _PAGE}, public=True),
+    ("GET", "/"): _Operation(
+        "The event browser: executions", {200: _PAGE}, parameters=("After",), public=True
+    ),
     ("GET", "/executions/{execution_id}"): _Operation(
         "The event browser: one execution (any id: it may not have begun)",
         {200: _PAGE},
         (NotFound,),
-        ("ExecutionIdPath",),
+        ("ExecutionIdPath", *_FILTERS),  # the page's filters, read by its script
         public=True,
     ),
-    ("GET", "/events"): _Operation("The event browser: the live feed", {200: _PAGE}, public=True),
+    ("GET", "/events"): _Operation(
+        "The event browser: the live feed", {200: _PAGE}, parameters=_FILTERS, public=True
+    ),
     ("GET", "/assets/{name}"): _Operation(
         "A script, style sheet or icon of the event browser",
         {200: {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}}},
@@ -728,6 +767,8 @@ def _operation(
     method: str, path: str, spec: _Operation, *, auth: bool, open_path: bool
 ) -> dict[str, Any]:
     problems = list(spec.problems)
+    if InvalidParameter not in problems:
+        problems.append(InvalidParameter)  # every route refuses a query parameter it lacks
     if auth and not open_path:
         problems += [Unauthorized, Forbidden]
     responses = {

@@ -88,6 +88,9 @@ BodyTooLarge = _problem(413, "body_too_large", "The body is larger than allowed"
 TooManyEvents = _problem(413, "too_many_events", "The batch holds more events than allowed")
 UnsupportedMediaType = _problem(415, "unsupported_media_type", "Unsupported media type")
 InvalidEnvelope = _problem(422, "invalid_envelope", "The event envelope is invalid")
+# 502: the database handed back a row this version cannot render. Not a 503 (retrying will
+# not help) and not a 500 (nothing crashed): the detail names the row for an operator.
+UnreadableStoredRow = _problem(502, "unreadable_row", "A stored row cannot be read")
 Overloaded = _problem(503, "overloaded", "The service is overloaded")
 DatabaseUnavailable = _problem(503, "db_unavailable", "The database is unavailable")
 InternalError = _problem(500, "internal_error", "Internal error")

@@ -19,37 +19,12 @@ from collections.abc import AsyncIterator
 import attrs
 
 from .envelope import Event
-from .storage.base import EventStore, Page, StoreError
+from .storage.base import EventStore, Filter, Page, StoreError, UnreadableRow
 
 log = logging.getLogger("eventlog.stream")
 
 READ_PAGE = 1000
 COALESCE = 0.02  # seconds a wake-up waits for more commits before reading
-
-
-@attrs.frozen
-class Filter:
-    """What a subscriber wants; None matches anything."""
-
-    execution_id: int | None = None
-    event_type: str | None = None
-    step: str | None = None
-    status: str | None = None
-    worker_id: str | None = None
-
-    def matches(self, e: Event) -> bool:
-        """Whether ``e`` passes every set field."""
-        return (
-            (self.execution_id is None or e.execution_id == self.execution_id)
-            and (self.event_type is None or e.event_type == self.event_type)
-            and (self.step is None or e.step == self.step)
-            and (self.status is None or e.status == self.status)
-            and (self.worker_id is None or e.worker_id == self.worker_id)
-        )
-
-    def page(self, **bounds: int | None) -> Page:
-        """A store page with these filters and bounds."""
-        return Page(**attrs.asdict(self), **bounds)  # type: ignore[arg-type]
 
 
 class CutOff(Exception):
@@ -64,7 +39,7 @@ class CutOff(Exception):
 class _Subscriber:
     filter: Filter
     limit: int  # most events waiting; past it, the subscriber is cut off
-    queue: asyncio.Queue[list[Event]] = attrs.Factory(asyncio.Queue)
+    queue: asyncio.Queue[list[Event] | UnreadableRow] = attrs.Factory(asyncio.Queue)
     waiting: int = 0
     overflowed: bool = False
     ended: bool = False
@@ -165,7 +140,21 @@ class Hub:
                 self._last = max(self._last, head)
                 return
         while not self._stopping:
-            events = await self._store.page(Page(after=self._last, limit=READ_PAGE))
+            try:
+                events = await self._store.page(Page(after=self._last, limit=READ_PAGE))
+            except UnreadableRow as e:
+                # One bad row must not stall every stream: hand out what came before it, tell
+                # the subscribers it might concern, and go on past it.
+                if e.seq is None:
+                    raise
+                log.error("streams skip a stored row: %s", e)
+                if e.readable:
+                    self._fan_out(e.readable)
+                for sub in list(self._subscribers):
+                    if sub.filter.execution_id in (None, e.execution_id):
+                        sub.queue.put_nowait(e)
+                self._last = max(self._last, e.seq)
+                continue
             if events:
                 self._fan_out(events)
                 self._last = max(self._last, events[-1].seq)
@@ -243,13 +232,14 @@ class Subscription:
         async for chunk in self.chunks():
             if chunk is None:
                 yield None
-            else:
+            elif not isinstance(chunk, UnreadableRow):  # (logged where it was met)
                 for event in chunk:
                     yield event
 
-    async def chunks(self) -> AsyncIterator[list[Event] | None]:
+    async def chunks(self) -> AsyncIterator[list[Event] | UnreadableRow | None]:
         """The same events, in lists of those that arrived together (for writers that can send
-        several at once)."""
+        several at once); an UnreadableRow in place of a stored row that cannot be read (the
+        stream goes on past it)."""
         sub, start, store = self._sub, self._start, self._hub._store
         self.position = start if self._after is None else self._after
         if self._hub.closed:
@@ -257,7 +247,17 @@ class Subscription:
         # What was missed, read from the store up to where the queue takes over.
         while self.position < start:
             page = sub.filter.page(after=self.position, until=start, limit=READ_PAGE)
-            events = await store.page(page)
+            try:
+                events = await store.page(page)
+            except UnreadableRow as e:
+                if e.seq is None:
+                    raise
+                log.error("a stream skips a stored row: %s", e)
+                if e.readable:
+                    yield e.readable
+                yield e
+                self.position = max(self.position, e.seq)
+                continue
             if events:
                 yield events
                 self.position = events[-1].seq
@@ -272,6 +272,11 @@ class Subscription:
                     chunk = await sub.queue.get()
             except TimeoutError:
                 yield None
+                continue
+            if isinstance(chunk, UnreadableRow):
+                if chunk.seq is not None and chunk.seq > self.position:
+                    yield chunk
+                    self.position = chunk.seq
                 continue
             sub.waiting -= len(chunk)
             fresh = [e for e in chunk if e.seq > self.position]  # not already sent from the store

@@ -11,9 +11,10 @@ import orjson
 from .client import EventLogClient, EventLogError, Message, read_sse
 from .codec import converter, dumps, loads, structure_batch
 from .config import Settings, describe_dsn
+from .envelope import Event
 from .log import EventLog
 from .problems import Problem
-from .storage.base import Page, StoreError, load_migrations, open_store
+from .storage.base import Page, StoreError, UnreadableRow, load_migrations, open_store
 
 log = logging.getLogger("eventlog")
 
@@ -61,7 +62,7 @@ async def export(settings: Settings, execution_id: int | None, out: IO[bytes]) -
 
     The store is opened read-only: a SQLite file that does not exist is an error, not a new
     empty file, and a store without eventlog's schema is named as such."""
-    count, after = 0, 0
+    count, after, skipped = 0, 0, []
     async with open_store(settings.dsn, read_only=True, **settings.store_options()) as store:
         if len(await store.pending_migrations()) == len(load_migrations(store.backend)):
             raise StoreError(
@@ -69,15 +70,35 @@ async def export(settings: Settings, execution_id: int | None, out: IO[bytes]) -
                 "(`eventlog migrate` or `eventlog serve` creates one)"
             )
         while True:
-            events = await store.page(Page(execution_id=execution_id, after=after, limit=CHUNK))
-            out.write(b"".join(orjson.dumps(converter.unstructure(e)) + b"\n" for e in events))
-            count += len(events)
+            page = Page(execution_id=execution_id, after=after, limit=CHUNK)
+            try:
+                events = await store.page(page)
+            except UnreadableRow as e:
+                if e.seq is None:
+                    raise
+                # The rest of the log is still exported; the command fails at the end.
+                print(f"eventlog: left out: {e}", file=sys.stderr)
+                skipped.append(e.seq)
+                events, after = e.readable, e.seq
+                count += _write_events(out, events)
+                continue
+            count += _write_events(out, events)
             if len(events) < CHUNK:
                 break
             after = events[-1].seq
     out.flush()
     print(f"exported {count} events", file=sys.stderr)
+    if skipped:
+        raise StoreError(
+            f"{len(skipped)} stored event(s) could not be read and were left out (seq "
+            f"{', '.join(map(str, skipped))}); the export is otherwise complete"
+        )
     return count
+
+
+def _write_events(out: IO[bytes], events: list[Event]) -> int:
+    out.write(b"".join(orjson.dumps(converter.unstructure(e)) + b"\n" for e in events))
+    return len(events)
 
 
 def _lines(stream: IO[bytes]) -> list[tuple[int, bytes]]:

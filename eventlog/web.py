@@ -40,8 +40,8 @@ from .problems import (
     bearer_auth_middleware,
     error_response,
 )
-from .storage.base import Page, StoreError
-from .stream import CutOff, Filter, Subscription
+from .storage.base import FILTERS, Filter, Page, StoreError, UnreadableRow
+from .stream import CutOff, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -49,6 +49,7 @@ SETTINGS = web.AppKey("settings", Settings)
 EVENT_LOG = web.AppKey("event_log", EventLog)
 SSE_CACHE = web.AppKey("sse_cache", dict)
 STREAMS = web.AppKey("streams", set)  # the live streams being served, to end at shutdown
+QUERY_NAMES = web.AppKey("query_names", dict)  # route -> the query parameters it takes
 SSE_CACHE_SIZE = 4096
 
 MAX_PAGE = 1000
@@ -107,7 +108,8 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_post("/api/events/batch", post_batch)
     app.router.add_get("/api/events", get_feed)
     app.router.add_get("/api/events/stream", stream_events)  # before /api/events/{event_id}
-    app.router.add_get("/api/events/{event_id}", get_event)
+    # Not "batch" or "stream": a GET of those is a 405, not a request for an event so named.
+    app.router.add_get(r"/api/events/{event_id:(?!(?:batch|stream)$)[^{}/]+}", get_event)
     app.router.add_get("/api/executions", get_executions)
     app.router.add_get("/api/openapi.json", openapi_document)
     app.router.add_get("/api/executions/{execution_id}", get_execution)
@@ -118,6 +120,14 @@ def create_app(settings: Settings, *, event_log: EventLog | None = None) -> web.
     app.router.add_get("/metrics", metrics)
     open_resources.update(browser.add_routes(app))  # pages hold no data; /api/ asks the token
     open_resources.update(r for r in app.router.resources() if r.canonical in settings.open_paths)
+    from .openapi import query_parameters  # late: eventlog.openapi reads this module
+
+    # What each route takes is what the OpenAPI document says it takes: the two cannot part.
+    app[QUERY_NAMES] = {
+        route: query_parameters(route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+    }
     return app
 
 
@@ -142,6 +152,8 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     response = None
     try:
         try:
+            if request.query_string:
+                _check_query(request)
             response = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -161,6 +173,22 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         REQUEST_ID.reset(token)
         if EVENT_LOG in request.app:
             _count(request, response, time.perf_counter() - started)
+
+
+def _check_query(request: web.Request) -> None:
+    """A query parameter the route does not take is a 400 naming it, never ignored."""
+    known = request.app[QUERY_NAMES].get(request.match_info.route)
+    if known is None:
+        return  # no route matched: the 404 or 405 says more
+    unknown = sorted(set(request.query) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "no query parameters"
+        raise InvalidParameter(
+            f"unknown query parameter {', '.join(unknown)}; this route takes {takes}",
+            errors=[
+                FieldError(f"$query.{name}", "is not a parameter of this route") for name in unknown
+            ],
+        )
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -337,16 +365,17 @@ def _filter(request: web.Request, execution_id: int | None = None) -> Filter:
     """The feed and stream filters from the query string."""
     if execution_id is None and "execution_id" in request.query:
         execution_id = _id(request.query["execution_id"], "$query.execution_id", low=1)
-    values = {}
-    for name in ("event_type", "step", "status", "worker_id"):
-        value = request.query.get(name)
-        if value is not None and not valid_text(value):
-            raise InvalidParameter(
-                f"query parameter {name} must not hold a NUL or a lone surrogate",
-                errors=[FieldError(f"$query.{name}", "must not hold a NUL or a lone surrogate")],
-            )
-        values[name] = value
-    return Filter(execution_id, **values)
+    return Filter(execution_id, **{name: _text_query(request, name) for name in FILTERS})
+
+
+def _text_query(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is not None and not valid_text(value):
+        raise InvalidParameter(
+            f"query parameter {name} must not hold a NUL or a lone surrogate",
+            errors=[FieldError(f"$query.{name}", "must not hold a NUL or a lone surrogate")],
+        )
+    return value
 
 
 async def get_execution_events(request: web.Request) -> web.Response:
@@ -354,13 +383,7 @@ async def get_execution_events(request: web.Request) -> web.Response:
     execution_id = _id(request.match_info["execution_id"], "$path.execution_id", low=1)
     limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
     after = _query_int(request, "after", None, 0, MAX_ID)
-    order = request.query.get("order", "asc")
-    if order not in ("asc", "desc"):
-        raise InvalidParameter(
-            "query parameter order must be asc or desc",
-            errors=[FieldError("$query.order", "must be asc or desc")],
-        )
-    page = Page(execution_id, after=after, limit=limit + 1, descending=order == "desc")
+    page = Page(execution_id, after=after, limit=limit + 1, descending=_descending(request))
     events = await request.app[EVENT_LOG].page(page)
     return _page_reply(events, limit, execution_id=str(execution_id))
 
@@ -370,15 +393,26 @@ async def get_feed(request: web.Request) -> web.Response:
     next_cursor sees every event once."""
     limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
     after = _query_int(request, "after", None, 0, MAX_ID)
-    page = _filter(request).page(after=after, limit=limit + 1)
+    page = _filter(request).page(after=after, limit=limit + 1, descending=_descending(request))
     return _page_reply(await request.app[EVENT_LOG].page(page), limit)
+
+
+def _descending(request: web.Request) -> bool:
+    order = request.query.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise InvalidParameter(
+            "query parameter order must be asc or desc",
+            errors=[FieldError("$query.order", "must be asc or desc")],
+        )
+    return order == "desc"
 
 
 async def get_executions(request: web.Request) -> web.Response:
     """Executions by newest activity first; next_cursor pages on."""
     limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
     before = _query_int(request, "after", None, 0, MAX_ID)
-    found = await request.app[EVENT_LOG].executions(before, limit + 1)
+    status = _text_query(request, "status")
+    found = await request.app[EVENT_LOG].executions(before, limit + 1, status=status)
     more = len(found) > limit
     found = found[:limit]
     return json_response(
@@ -451,6 +485,8 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
             async for chunk in subscription.chunks():
                 if chunk is None:
                     await response.write(b": keep-alive\n\n")
+                elif isinstance(chunk, UnreadableRow):
+                    await response.write(_unreadable(chunk))
                 else:
                     await response.write(b"".join(_sse(request.app, e) for e in chunk))
             # The log is closing: say so, and where to resume, rather than just hanging up.
@@ -468,6 +504,18 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
     finally:
         request.app[STREAMS].discard(subscription)
     return response
+
+
+def _unreadable(row: UnreadableRow) -> bytes:
+    """A stored row the stream cannot send: said, not skipped in silence; its id moves a
+    resuming reader past it."""
+    data = {
+        "reason": str(row),
+        "seq": str(row.seq),
+        "execution_id": None if row.execution_id is None else str(row.execution_id),
+        "event_id": None if row.event_id is None else str(row.event_id),
+    }
+    return b"event: unreadable\nid: %d\ndata: %s\n\n" % (row.seq or 0, orjson.dumps(data))
 
 
 def _final(kind: str, reason: str, resume_after: int) -> bytes:

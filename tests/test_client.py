@@ -358,6 +358,33 @@ async def test_a_proxy_that_keeps_answering_502_raises_unavailable_after_max_att
     assert caught.value.status == 502
 
 
+async def test_the_services_own_502_is_raised_at_once_not_retried(aiohttp_server):
+    """A 502 carrying eventlog's own problem (unreadable_row: a stored row it cannot render)
+    will not change on a retry: it raises EventLogError after one request."""
+    arrivals = []
+
+    async def unreadable(request: web.Request) -> web.Response:
+        arrivals.append(request.path)
+        problem = {
+            "type": "urn:eventlog:problem:unreadable_row",
+            "title": "A stored row cannot be read",
+            "status": 502,
+            "detail": "seq 7 cannot be rendered",
+            "code": "unreadable_row",
+        }
+        return web.json_response(problem, status=502, content_type="application/problem+json")
+
+    app = web.Application()
+    app.router.add_get("/api/events/{event_id}", unreadable)
+    stub = await aiohttp_server(app)
+    async with fast(url(stub)) as client:
+        with pytest.raises(EventLogError) as caught:
+            await client.get(1)
+    assert not isinstance(caught.value, UnavailableError)
+    assert (caught.value.status, caught.value.code) == (502, "unreadable_row")
+    assert arrivals == ["/api/events/1"]
+
+
 async def test_a_retry_after_past_the_deadline_ends_the_call_at_once(server, aiohttp_server):
     """A Retry-After longer than what is left of the deadline raises UnavailableError with the
     503's problem now, rather than sleeping past the deadline."""

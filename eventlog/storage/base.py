@@ -6,7 +6,7 @@ import abc
 import os
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, ClassVar
@@ -28,31 +28,91 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or refused the work; retrying later may succeed."""
 
 
+class UnreadableRow(StoreError):
+    """A stored row this version cannot render (written by something else, or by a version
+    that accepted what it should not have): it names the row and carries the rows of the same
+    read that came before it, so a reader that follows the log can go on past it."""
+
+    def __init__(
+        self,
+        row: Sequence[Any],
+        reason: str,
+        readable: list[Any],
+        *,
+        execution: bool = False,
+    ) -> None:
+        def number(value: Any) -> int | None:
+            return value if type(value) is int else None
+
+        if execution:  # (its last seq is the listing's cursor: ?after= it pages past it)
+            self.seq, self.execution_id, self.event_id = number(row[5]), number(row[0]), None
+            what = f"the summary of execution {row[0]!r} (last seq {row[5]!r})"
+        else:
+            self.seq, self.execution_id, self.event_id = map(number, row[:3])
+            what = f"the event at seq {row[0]!r} (execution {row[1]!r}, event {row[2]!r})"
+        super().__init__(f"{what} is stored in a form that cannot be read: {reason}")
+        self.readable = readable
+
+
 class ValueNotStorable(StoreError):
     """A value cannot be held by this database (a client error, not an outage)."""
 
 
+def _upper(status: str | None) -> str | None:
+    # Stored statuses are upper-cased on the way in, so a filter on them ignores case.
+    return None if status is None else status.upper()
+
+
 @attrs.frozen
-class Page:
-    """Which slice of the log to read: events in seq order, past a cursor, matching filters."""
+class Filter:
+    """Which events a reader wants: the feed's filters (this class is their one definition:
+    FILTERS, the query parameters, the client's and the CLI's options derive from it)."""
 
     execution_id: int | None = None
+    event_type: str | None = None
+    step: str | None = None
+    status: str | None = attrs.field(default=None, converter=_upper, metadata={"any_case": True})
+    worker_id: str | None = None
+
+    def matches(self, e: Event) -> bool:
+        """Whether ``e`` passes every set field."""
+        for name in _FILTER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and getattr(e, name) != value:
+                return False
+        return True
+
+    def page(self, **bounds: int | bool | None) -> Page:
+        """A store page with these filters and bounds."""
+        chosen = {name: getattr(self, name) for name in _FILTER_FIELDS}
+        return Page(**chosen, **bounds)  # type: ignore[arg-type]
+
+    def conditions(self) -> list[tuple[str, str, object]]:
+        """(column, operator, value) for every set filter, in a fixed order."""
+        return [
+            (name, "=", getattr(self, name))
+            for name in _FILTER_FIELDS
+            if getattr(self, name) is not None
+        ]
+
+
+_FILTER_FIELDS = tuple(f.name for f in attrs.fields(Filter))
+# The filters beyond the execution: what the feed, the streams and their clients take by name.
+FILTERS = _FILTER_FIELDS[1:]
+
+
+@attrs.frozen
+class Page(Filter):
+    """Which slice of the log to read: events in seq order, past a cursor, matching filters."""
+
     after: int | None = None  # a seq; the page starts just past it in the chosen order
     limit: int = 100
     descending: bool = False
     until: int | None = None  # a seq; nothing past it
-    event_type: str | None = None
-    step: str | None = None
-    status: str | None = None
-    worker_id: str | None = None
 
     def conditions(self) -> list[tuple[str, str, object]]:
         """(column, operator, value) for every bound of this page, in a fixed order."""
-        out: list[tuple[str, str, object]] = []
-        for column in ("execution_id", "event_type", "step", "status", "worker_id"):
-            value = getattr(self, column)
-            if value is not None:
-                out.append((column, "=", value))
+        out = super().conditions()
         if self.after is not None:
             out.append(("seq", "<" if self.descending else ">", self.after))
         if self.until is not None:
@@ -169,6 +229,43 @@ def event_from_row(row: Sequence[Any], moment: Callable[[Any], datetime]) -> Eve
         ingested_at=moment(row[15]),
         defaulted=row[16],
     )
+
+
+def _finite(moment: datetime, name: str) -> None:
+    # asyncpg reads PostgreSQL's -infinity and infinity as naive datetimes.
+    if moment.tzinfo is None:
+        raise ValueError(f"{name} is not a finite instant")
+
+
+def read_events(rows: Iterable[Sequence[Any]], moment: Callable[[Any], datetime]) -> list[Event]:
+    """Events from rows (see event_from_row); UnreadableRow at the first one that cannot be
+    rendered."""
+    events: list[Event] = []
+    for row in rows:
+        try:
+            event = event_from_row(row, moment)
+            _finite(event.created_at, "created_at")
+            _finite(event.ingested_at, "ingested_at")
+        except (ValueError, TypeError, OverflowError) as e:
+            raise UnreadableRow(row, str(e) or type(e).__name__, events) from e
+        events.append(event)
+    return events
+
+
+def read_executions(
+    rows: Iterable[Sequence[Any]], make: Callable[[Sequence[Any]], Execution]
+) -> list[Execution]:
+    """Execution summaries from rows; UnreadableRow at the first that cannot be rendered."""
+    found: list[Execution] = []
+    for row in rows:
+        try:
+            execution = make(row)
+            _finite(execution.first_event_at, "first_event_at")
+            _finite(execution.last_event_at, "last_event_at")
+        except (ValueError, TypeError, OverflowError) as e:
+            raise UnreadableRow(row, str(e) or type(e).__name__, found, execution=True) from e
+        found.append(execution)
+    return found
 
 
 def load_migrations(backend: str) -> list[Migration]:
@@ -367,8 +464,11 @@ class EventStore(abc.ABC):
         """One execution's summary."""
 
     @abc.abstractmethod
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
-        """Executions by newest activity first (their last seq), those with last seq < before."""
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        """Executions by newest activity first (their last seq), those with last seq < before
+        (and this status, when given)."""
 
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another process commits events (where the database can tell;

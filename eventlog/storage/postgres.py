@@ -34,6 +34,8 @@ from .base import (
     load_migrations,
     lost_claim_message,
     pending,
+    read_events,
+    read_executions,
 )
 
 _COLUMNS = (
@@ -101,6 +103,10 @@ def _same(moment: datetime) -> datetime:
 
 def _event(row: Sequence[Any]) -> Event:
     return event_from_row(row, _same)
+
+
+def _execution(row: Sequence[Any]) -> Execution:
+    return Execution(*row)
 
 
 @contextlib.contextmanager
@@ -481,7 +487,7 @@ class PostgresStore(EventStore):
             args += (execution_id,)
         with _translated():
             row = await self.pool.fetchrow(sql + " ORDER BY seq LIMIT 1", *args)
-        return None if row is None else _event(row)
+        return None if row is None else read_events([row], _same)[0]
 
     async def page(self, page: Page) -> list[Event]:
         conditions = page.conditions()
@@ -497,7 +503,7 @@ class PostgresStore(EventStore):
                 *(value for _, _, value in conditions),
                 page.limit,
             )
-        return [_event(r) for r in rows]
+        return read_events(rows, _same)
 
     async def head(self) -> int:
         with _translated():
@@ -509,17 +515,22 @@ class PostgresStore(EventStore):
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1",
                 execution_id,
             )
-        return None if row is None else Execution(*row)
+        return None if row is None else read_executions([row], _execution)[0]
 
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        chosen = "" if status is None else " AND status = $3"
+        args = () if status is None else (status,)
         with _translated():
             rows = await self.pool.fetch(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1 "
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1{chosen} "
                 "ORDER BY last_seq DESC LIMIT $2",
                 2**63 - 1 if before is None else before,
                 limit,
+                *args,
             )
-        return [Execution(*r) for r in rows]
+        return read_executions(rows, _execution)
 
     async def listen(self, callback: Callable[[], None]) -> None:
         self._on_notify = callback

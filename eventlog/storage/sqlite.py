@@ -39,6 +39,8 @@ from .base import (
     load_migrations,
     lost_claim_message,
     pending,
+    read_events,
+    read_executions,
 )
 
 T = TypeVar("T")
@@ -431,7 +433,7 @@ class SqliteStore(EventStore):
         with _translated():
             cursor = await self._r.execute(sql + " ORDER BY seq LIMIT 1", args)
             row = await cursor.fetchone()
-        return None if row is None else _event(row)
+        return None if row is None else read_events([row], _moment)[0]
 
     async def page(self, page: Page) -> list[Event]:
         where = " AND ".join(f"{column} {op} ?" for column, op, _ in page.conditions()) or "1"
@@ -443,7 +445,7 @@ class SqliteStore(EventStore):
                 (*args, page.limit),
             )
             rows = await cursor.fetchall()
-        return [_event(r) for r in rows]
+        return read_events(rows, _moment)
 
     async def head(self) -> int:
         with _translated():
@@ -458,17 +460,21 @@ class SqliteStore(EventStore):
                 (execution_id,),
             )
             row = await cursor.fetchone()
-        return None if row is None else _execution(row)
+        return None if row is None else read_executions([row], _execution)[0]
 
-    async def executions(self, before: int | None, limit: int) -> list[Execution]:
+    async def executions(
+        self, before: int | None, limit: int, status: str | None = None
+    ) -> list[Execution]:
+        chosen = "" if status is None else " AND status = ?"
+        args = () if status is None else (status,)
         with _translated():
             cursor = await self._r.execute(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < ? "
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE last_seq < ?{chosen} "
                 "ORDER BY last_seq DESC LIMIT ?",
-                (2**63 - 1 if before is None else before, limit),
+                (2**63 - 1 if before is None else before, *args, limit),
             )
             rows = await cursor.fetchall()
-        return [_execution(r) for r in rows]
+        return read_executions(rows, _execution)
 
     # --- node id claims (appended: whole transactions in the writer thread) --------------
 

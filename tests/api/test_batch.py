@@ -170,9 +170,9 @@ async def test_ndjson_line_that_is_not_json_is_named(client):
     assert [e["path"] for e in doc["errors"]] == ["line 2"]
 
 
-@pytest.mark.parametrize("body", [{"events": []}, [], {"execution_id": 1}, {"events": "x"}, 5])
+@pytest.mark.parametrize("body", [{"execution_id": 1}, {"events": "x"}, 5])
 async def test_malformed_batch_shapes_are_422(client, body):
-    """Empty batches and shapes that are no batch at all are refused."""
+    """Shapes that are no batch at all are refused."""
     await problem(await client.post("/api/events/batch", json=body), 422, "invalid_envelope")
 
 
@@ -408,3 +408,51 @@ async def test_batch_item_with_null_worker_inherits_the_batch_worker(client):
     assert (await client.post("/api/events/batch", json=batch)).status == 200
     (event,) = await events_of(client, 5)
     assert event["worker_id"] == "w-b"
+
+
+@pytest.mark.parametrize(
+    ("data", "headers"),
+    [
+        (b'{"events": []}', {"Content-Type": "application/json"}),
+        (
+            b'{"execution_id": 5, "worker_id": "w", "events": []}',
+            {"Content-Type": "application/json"},
+        ),
+        (b"[]", {"Content-Type": "application/json"}),
+        (b"", NDJSON),
+        (b"\n \n", NDJSON),
+    ],
+    ids=["object", "object with header fields", "array", "empty ndjson", "blank ndjson"],
+)
+async def test_an_empty_batch_is_200_and_writes_nothing(client, data, headers):
+    """Producers flush empty buffers: 200 with event_ids [], as NoETL's servers answer; nothing
+    is written (the log's head stays where it was)."""
+    await client.post("/api/events", json=envelope(1))
+    before = await (await client.get("/api/executions")).json()
+    reply = await client.post("/api/events/batch", data=data, headers=headers)
+    assert reply.status == 200, await reply.text()
+    body = await reply.json()
+    assert body["event_ids"] == [] and body["duplicates"] == [] and body["status"] == "ok"
+    assert await (await client.get("/api/executions")).json() == before
+    assert len((await (await client.get("/api/events")).json())["events"]) == 1
+
+
+async def test_an_empty_batch_with_an_idempotency_key_is_replayed_like_any(client):
+    """With an Idempotency-Key the empty batch's reply is kept: the same again is a replay,
+    another body under the key a 409."""
+    key = {"Idempotency-Key": "empty-1"}
+    first = await (await client.post("/api/events/batch", json=[], headers=key)).json()
+    again = await client.post("/api/events/batch", json=[], headers=key)
+    assert again.status == 200
+    assert (await again.json()) == {**first, "duplicate": True}
+    other = await client.post("/api/events/batch", json=[envelope(1)], headers=key)
+    await problem(other, 409, "idempotency_conflict")
+
+
+async def test_the_library_accepts_an_empty_batch(event_log: EventLog):
+    """EventLog.append_batch([]) appends nothing and says so."""
+    receipt, appended = await event_log.append_batch([])
+    assert receipt.event_ids == () and appended == []
+    assert await event_log.store.head() == 0
+    receipt, _ = await event_log.append_batch([], idempotency_key="k")
+    assert receipt.event_ids == () and await event_log.store.head() == 0

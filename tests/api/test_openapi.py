@@ -410,7 +410,7 @@ async def test_problem_replies_validate_against_the_document(client):
             415,
         ),
         ("POST", "/api/events", None, {"json": {"execution_id": "x"}}, 422),
-        ("POST", "/api/events/batch", None, {"json": {"events": []}}, 422),
+        ("POST", "/api/events/batch", None, {"json": {"events": [{}]}}, 422),
         ("POST", "/api/events", None, {"json": {**MINIMAL, "event_id": 5}}, 200),
         ("POST", "/api/events", None, {"json": {**MINIMAL, "event_id": 5, "step": "x"}}, 409),
         ("POST", "/api/events", None, {"json": MINIMAL, "headers": key}, 200),
