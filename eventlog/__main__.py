@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON")
+    serve.add_argument(
+        "--workers",
+        default="1",
+        help='server processes sharing the port (default 1; "auto": one per core)',
+    )
 
     migrate = commands.add_parser("migrate", help="apply pending schema migrations and exit")
     _store_flags(migrate)
@@ -114,7 +119,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides=overrides)
 
 
-async def _serve(settings: Settings) -> int:
+async def serve(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    on_listening: Callable[[], object] | None = None,
+) -> int:
+    """Run the service until SIGTERM or SIGINT, then drain and stop; the exit status.
+    ``reuse_port``: share the port with other processes (``serve --workers``)."""
     from .web import EVENT_LOG, SERVICE, STREAMS, create_app
 
     app = create_app(settings)
@@ -135,7 +147,7 @@ async def _serve(settings: Settings) -> int:
         log.error("cannot start: %s", e)
         return 1
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, e.strerror)
@@ -150,6 +162,8 @@ async def _serve(settings: Settings) -> int:
         app[EVENT_LOG].node_id,
         describe_access(settings),
     )
+    if on_listening is not None:
+        on_listening()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -179,6 +193,28 @@ async def _serve(settings: Settings) -> int:
         return 1
     log.info("stopped after %.2f s", loop.time() - started)
     return 0
+
+
+def _serve_command(settings: Settings, workers_text: str) -> int:
+    from .workers import supervise, worker_count
+
+    try:
+        workers = worker_count(workers_text)
+    except ValueError:
+        print(
+            f'eventlog: --workers must be a positive number or "auto", not {workers_text!r}',
+            file=sys.stderr,
+        )
+        return 2
+    if workers == 1:
+        return asyncio.run(serve(settings))
+    if settings.node_id is not None:
+        print(
+            "eventlog: --node-id names one process; with --workers each worker claims its own",
+            file=sys.stderr,
+        )
+        return 2
+    return supervise(settings, workers)
 
 
 CLOSE_GRACE_S = 2.0  # past shutdown_timeout, for closing the log once the handlers are done
@@ -266,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _warn_unknown_variables()
     try:
         if args.command == "serve":
-            return asyncio.run(_serve(settings))
+            return _serve_command(settings, args.workers)
         if args.command == "export":
             asyncio.run(tools.export(settings, args.execution_id, sys.stdout.buffer))
             return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from .storage.base import (
     StoreUnavailable,
     ValueNotStorable,
     WritePlan,
+    settle,
 )
 
 log = logging.getLogger("eventlog.writer")
@@ -161,22 +163,108 @@ class Receipt:
         return cls(data["request_id"], tuple(data["event_ids"]), tuple(data["duplicates"]), True)
 
 
-@attrs.define
-class _Job:
+@attrs.define(eq=False)
+class Job:
+    """One request waiting for the writer: its events, its id and its Idempotency-Key."""
+
     events: Sequence[NewEvent]
     request_id: str
-    idempotency: Idempotency | None
-    future: asyncio.Future[tuple[Receipt, list[Appended]]]
+    idempotency: Idempotency | None = None
+    future: asyncio.Future[tuple[Receipt, list[Appended]]] | None = None
+
+
+# What one transaction does for one request: refuse it (an exception), or answer it with a
+# receipt and, for each of its events in order, the event's key and whether it was stored before.
+Outcome = Exception | tuple[Receipt, list[tuple[Key, bool]]]
+
+
+@attrs.frozen
+class Decision:
+    """What one transaction does for each request, and what it writes."""
+
+    outcomes: list[Outcome]  # one per request, in order
+    writes: WritePlan
+
+
+def decide(
+    jobs: Sequence[Job],
+    existing: dict[Key, Event],
+    records: dict[str, IdempotencyRecord],
+    moment: datetime,
+    ttl: timedelta,
+) -> Decision:
+    """Given what is stored (events among the jobs' keys, live idempotency records among their
+    keys), what each job does, in order: a replay or a conflict for a known Idempotency-Key, an
+    EventConflict when an event's key is stored (or sent earlier) with other content, else its
+    new events are written and its receipt saved under its key (kept ``ttl`` from ``moment``)."""
+    outcomes: list[Outcome] = []
+    pending: dict[Key, NewEvent] = {}  # to insert in this transaction, in order
+    new_records: dict[str, IdempotencyRecord] = {}
+    for job in jobs:
+        if job.idempotency is not None:
+            idem_key = job.idempotency.key
+            record = new_records.get(idem_key) or records.get(idem_key)
+            if record is not None:
+                if record.fingerprint == job.idempotency.fingerprint:
+                    outcomes.append((Receipt.replay(record.outcome_json), []))
+                else:
+                    outcomes.append(
+                        IdempotencyConflict(
+                            f"Idempotency-Key {idem_key!r} was used for a different request"
+                        )
+                    )
+                continue
+        plan: list[tuple[Key, bool]] = []
+        own: dict[Key, NewEvent] = {}
+        conflict = None
+        for event in job.events:
+            key = event.key
+            prior = existing.get(key) or own.get(key) or pending.get(key)
+            if prior is None:
+                own[key] = event
+                plan.append((key, False))
+            elif same_content(event, prior):
+                plan.append((key, True))
+            else:
+                conflict = event
+                break
+        if conflict is not None:
+            # The whole request is refused; nothing of it is written.
+            outcomes.append(
+                EventConflict(
+                    f"event {conflict.event_id} of execution {conflict.execution_id} is "
+                    "already stored with different content"
+                )
+            )
+            continue
+        pending.update(own)
+        receipt = Receipt(
+            job.request_id,
+            tuple(e.event_id for e in job.events),
+            tuple(i for i, (_, duplicate) in enumerate(plan) if duplicate),
+        )
+        if job.idempotency is not None:
+            new_records[job.idempotency.key] = IdempotencyRecord(
+                job.idempotency.key,
+                job.idempotency.fingerprint,
+                receipt.to_json(),
+                moment,
+                moment + ttl,
+            )
+        outcomes.append((receipt, plan))
+    return Decision(outcomes, WritePlan(list(pending.values()), list(new_records.values())))
 
 
 class Writer:
     """The one owner of write transactions.
 
-    Requests queue here; the writer takes whatever is waiting (up to ``max_batch`` events, and
+    Requests queue here; a committer takes whatever is waiting (up to ``max_batch`` events, and
     never less than one whole request) and commits it in one transaction (group commit), then
     answers each request. A request is answered only after its events are committed. The queue
     is bounded by the number of events waiting: past ``queue_events`` (unless the queue is
     empty), ``submit`` fails at once with Overloaded rather than letting memory grow.
+
+    ``clock`` is the time idempotency records are judged by (their creation and expiry).
     """
 
     def __init__(
@@ -187,21 +275,30 @@ class Writer:
         max_batch: int,
         idempotency_ttl: float = 86_400.0,
         purge_interval: float = 300.0,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._store = store
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        # A plain deque and one future per idle committer: a request costs an append, and
+        # wakes a committer only when one is waiting (asyncio.Queue made a future per get and,
+        # with the purge timeout around it, a timer per group).
+        self._jobs: deque[Job] = deque()
+        self._idle: list[asyncio.Future[None]] = []
         self._queued_events = 0
         self._queue_events = queue_events
         self._max_batch = max_batch
         self._ttl = timedelta(seconds=idempotency_ttl)
         self._purge_interval = purge_interval
-        self._next_purge = 0.0
-        # Transactions handed to the store at once: with more than one, the store starts the
-        # next group the moment the previous one commits, without waiting for a turn of the
-        # event loop. The store still commits them one after the other (seq order stays commit
-        # order).
-        self._slots = asyncio.Semaphore(store.write_concurrency)
-        self._task: asyncio.Task[None] | None = None
+        self._clock = clock or now
+        self._purge_due = False
+        self._purge_timer: asyncio.TimerHandle | None = None
+        # Transactions handed to the store at once (one per committer): with more than one, the
+        # store starts the next group the moment the previous one commits, without waiting for
+        # a turn of the event loop. The store still commits them one after the other (seq
+        # order stays commit order).
+        self._committers = store.write_concurrency
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._in_flight = 0
         # Called after every transaction with the highest seq this writer has committed.
         self.on_commit: Callable[[int], None] | None = None
         # Called after every group commit with its event count and duration (for metrics).
@@ -220,17 +317,32 @@ class Writer:
         return self._queued_events
 
     def start(self) -> None:
-        """Start the writer task."""
-        self._task = asyncio.create_task(self._run(), name="eventlog-writer")
+        """Start the committers (and the first purge of expired idempotency keys)."""
+        self._closing = False
+        self._purge_due = True
+        self._tasks = [
+            asyncio.create_task(self._run(), name="eventlog-writer")
+            for _ in range(self._committers)
+        ]
+        self._running = True
+        for task in self._tasks:
+            task.add_done_callback(self._stopped)
 
     async def stop(self) -> None:
         """Commit everything already queued, then stop."""
-        if self._task is None:
+        if not self._tasks:
             return
-        self._closing = True  # submit() refuses from now on: nothing can queue behind the None
-        self._queue.put_nowait(None)
-        await self._task
-        self._task = None
+        self._closing = True
+        self._running = False  # submit() refuses from now on
+        self._wake_all()
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
+        if self._purge_timer is not None:
+            self._purge_timer.cancel()
+            self._purge_timer = None
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        self._running = False  # a committer ended (stopped, or failed): no request may queue
 
     async def submit(
         self,
@@ -242,100 +354,109 @@ class Writer:
         """Append ``events`` atomically, or replay the receipt of an earlier request with the
         same Idempotency-Key. Raises EventConflict, IdempotencyConflict, Overloaded or
         DatabaseUnavailable."""
-        if self._task is None or self._task.done() or self._closing:
+        if not self._running:
             raise database_unavailable(RuntimeError("the writer is not running"))
         if self._queued_events and self._queued_events + len(events) > self._queue_events:
             raise Overloaded(
                 "too many writes are waiting; retry after the delay given in Retry-After",
                 headers={"Retry-After": "1"},
             )
-        job = _Job(events, request_id, idempotency, asyncio.get_running_loop().create_future())
+        future: asyncio.Future[tuple[Receipt, list[Appended]]]
+        future = asyncio.get_running_loop().create_future()
         self._queued_events += len(events)
-        self._queue.put_nowait(job)
+        self._jobs.append(Job(events, request_id, idempotency, future))
+        if self._idle:
+            waiter = self._idle.pop()
+            if not waiter.done():
+                waiter.set_result(None)
         # If the caller goes away, the job stays queued and may still be committed (its future
         # is then cancelled and ignored): a retry is idempotent.
-        return await job.future
+        return await future
+
+    def _wake_all(self) -> None:
+        idle, self._idle = self._idle, []
+        for waiter in idle:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _purge_soon(self) -> None:
+        self._purge_timer = None
+        self._purge_due = True
+        self._wake_all()
 
     async def _run(self) -> None:
-        stopping = False
-        in_flight: set[asyncio.Task[None]] = set()
-        while not stopping:
-            await self._slots.acquire()
-            try:
-                async with asyncio.timeout(self._purge_interval):
-                    job = await self._queue.get()
-            except TimeoutError:
-                self._slots.release()
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._purge_due:
+                self._purge_due = False
                 await self._purge()
+                self._purge_timer = loop.call_later(self._purge_interval, self._purge_soon)
                 continue
-            if job is None:
-                self._slots.release()
-                break
-            jobs, count = [job], len(job.events)
-            while count < self._max_batch and not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is None:
-                    stopping = True
-                    break
-                jobs.append(more)
-                count += len(more.events)
-            if self._down_since is not None and in_flight:
+            if not self._jobs:
+                if self._closing:
+                    return
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            first = self._jobs.popleft()
+            jobs, count = [first], len(first.events)
+            while self._jobs and count < self._max_batch:
+                job = self._jobs.popleft()
+                jobs.append(job)
+                count += len(job.events)
+            if self._down_since is not None and self._in_flight:
                 # The database is failing and a transaction under way is finding out whether
                 # it is back: the others are refused now rather than queued behind it, so a
                 # request waits for one attempt at most, and a struggling database sees one.
                 self._refuse(jobs, count)
                 continue
-            task = asyncio.create_task(self._commit_group(jobs, count))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-            if time.monotonic() >= self._next_purge:
-                await self._purge()
-        await asyncio.gather(*in_flight)
+            await self._commit_group(jobs, count)
 
-    async def _commit_group(self, jobs: list[_Job], count: int) -> None:
+    async def _commit_group(self, jobs: list[Job], count: int) -> None:
         started = time.perf_counter()
+        self._in_flight += 1
         try:
             await self._commit(jobs)
         finally:
+            self._in_flight -= 1
             self._queued_events -= count
-            self._slots.release()
             if self.on_commit is not None:
                 self.on_commit(self._committed)
             if self.on_group is not None:
                 self.on_group(count, time.perf_counter() - started)
 
     async def _purge(self) -> None:
-        self._next_purge = time.monotonic() + self._purge_interval
         try:
-            purged = await self._store.purge_keys(now())
+            purged = await self._store.purge_keys(self._clock())
         except StoreError as e:
             log.warning("purging expired idempotency keys failed: %s", e)
             return
         if purged:
             log.info("purged %d expired idempotency keys", purged)
 
-    async def _commit(self, jobs: list[_Job]) -> None:
+    async def _commit(self, jobs: list[Job]) -> None:
         try:
             results = await self._transaction(jobs)
         except StoreError as e:
             if isinstance(e, ValueNotStorable):
                 return await self._commit_apart(jobs, e)
             self._failing(e, len(jobs))
-            results = {id(job): database_unavailable(e) for job in jobs}
+            results = [database_unavailable(e) for _ in jobs]
         except Exception as e:  # never leave a request waiting forever
             return await self._commit_apart(jobs, e)
         else:
             self._working()
-        self._answer(jobs, results)
+        _answer(jobs, results)
 
-    async def _commit_apart(self, jobs: list[_Job], e: Exception) -> None:
+    async def _commit_apart(self, jobs: list[Job], e: Exception) -> None:
         """A value one request carried broke the write: the others must not fail with it, so
         each is committed alone."""
         if len(jobs) > 1:
             for job in jobs:
                 await self._commit([job])
             return
-        self._answer(jobs, {id(job): _failure(e) for job in jobs})
+        _answer(jobs, [_failure(e) for _ in jobs])
 
     def _failing(self, e: StoreError, requests: int) -> None:
         if self._down_since is None:
@@ -346,13 +467,12 @@ class Writer:
         self._down_reason = e
         self._refused += requests
 
-    def _refuse(self, jobs: list[_Job], count: int) -> None:
+    def _refuse(self, jobs: list[Job], count: int) -> None:
         self._queued_events -= count
-        self._slots.release()
         self._refused += len(jobs)
-        self._answer(
+        _answer(
             jobs,
-            {id(job): database_unavailable(self._down_reason) for job in jobs},
+            [database_unavailable(self._down_reason) for _ in jobs],
         )
 
     def _working(self) -> None:
@@ -364,89 +484,39 @@ class Writer:
             )
             self._down_since = None
 
-    @staticmethod
-    def _answer(jobs: list[_Job], results: dict[int, Any]) -> None:
-        for job in jobs:
-            outcome = results[id(job)]
-            if job.future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                job.future.set_exception(outcome)
-            else:
-                job.future.set_result(outcome)
-
-    async def _transaction(self, jobs: list[_Job]) -> dict[int, Any]:
-        results: dict[int, Any] = {}
-        plans: list[tuple[_Job, Receipt, list[tuple[Key, bool]]]] = []
+    async def _transaction(self, jobs: list[Job]) -> list[Any]:
+        moment = self._clock()
+        decision: Decision | None = None
         seen: dict[Key, Event] = {}
-        moment = now()
 
-        def decide(existing: dict[Key, Event], records: dict[str, IdempotencyRecord]) -> WritePlan:
-            # Runs under the store's write lock: what each job does given what is stored. It may
-            # run twice (a store may retry its transaction), so it starts afresh each time.
-            results.clear()
-            plans.clear()
+        def under_lock(
+            existing: dict[Key, Event], records: dict[str, IdempotencyRecord]
+        ) -> WritePlan:
+            # Runs under the store's write lock. It may run twice (a store may retry its
+            # transaction); the last decision is the one committed.
+            nonlocal decision
+            decision = decide(jobs, existing, records, moment, self._ttl)
             seen.update(existing)
-            pending: dict[Key, NewEvent] = {}  # to insert in this transaction, in order
-            new_records: dict[str, IdempotencyRecord] = {}
-            for job in jobs:
-                if job.idempotency is not None:
-                    idem_key = job.idempotency.key
-                    record = new_records.get(idem_key) or records.get(idem_key)
-                    if record is not None:
-                        if record.fingerprint == job.idempotency.fingerprint:
-                            results[id(job)] = (Receipt.replay(record.outcome_json), [])
-                        else:
-                            results[id(job)] = IdempotencyConflict(
-                                f"Idempotency-Key {idem_key!r} was used for a different request"
-                            )
-                        continue
-                plan: list[tuple[Key, bool]] = []
-                own: dict[Key, NewEvent] = {}
-                conflict = None
-                for event in job.events:
-                    key = event.key
-                    prior = existing.get(key) or own.get(key) or pending.get(key)
-                    if prior is None:
-                        own[key] = event
-                        plan.append((key, False))
-                    elif same_content(event, prior):
-                        plan.append((key, True))
-                    else:
-                        conflict = event
-                        break
-                if conflict is not None:
-                    # The whole request is refused; nothing of it is written.
-                    results[id(job)] = EventConflict(
-                        f"event {conflict.event_id} of execution {conflict.execution_id} is "
-                        "already stored with different content"
-                    )
-                    continue
-                pending.update(own)
-                receipt = Receipt(
-                    job.request_id,
-                    tuple(e.event_id for e in job.events),
-                    tuple(i for i, (_, duplicate) in enumerate(plan) if duplicate),
-                )
-                if job.idempotency is not None:
-                    new_records[job.idempotency.key] = IdempotencyRecord(
-                        job.idempotency.key,
-                        job.idempotency.fingerprint,
-                        receipt.to_json(),
-                        moment,
-                        moment + self._ttl,
-                    )
-                plans.append((job, receipt, plan))
-            return WritePlan(list(pending.values()), list(new_records.values()))
+            return decision.writes
 
         keys = list({e.key: None for job in jobs for e in job.events})
         idempotency_keys = [job.idempotency.key for job in jobs if job.idempotency]
-        for event in await self._store.write(keys, idempotency_keys, moment, decide):
+        for event in await self._store.write(keys, idempotency_keys, moment, under_lock):
             seen[event.key] = event
-            self._committed = max(self._committed, event.seq)
-        for job, receipt, plan in plans:
-            results[id(job)] = (receipt, [Appended(seen[k], dup) for k, dup in plan])
-        return results
+            if event.seq > self._committed:
+                self._committed = event.seq
+        assert decision is not None
+        return [
+            outcome
+            if isinstance(outcome, Exception)
+            else (outcome[0], [Appended(seen[k], dup) for k, dup in outcome[1]])
+            for outcome in decision.outcomes
+        ]
+
+
+def _answer(jobs: list[Job], results: list[Any]) -> None:
+    for job, outcome in zip(jobs, results, strict=True):
+        settle(job.future, outcome)
 
 
 def _failure(e: Exception) -> Exception:

@@ -178,14 +178,14 @@ class EventLog:
                 events, request_id=str(self.ids.next_id()), idempotency=idempotency
             )
         except DatabaseUnavailable:
-            self.metrics.store_errors.labels("write").inc()
+            self.metrics.store_errors.inc("write")
             raise
         if receipt.replayed:
-            self.metrics.requests_replayed.inc()
+            self.metrics.requests_replayed += 1
         else:
             duplicates = len(receipt.duplicates)
-            self.metrics.events_duplicate.inc(duplicates)
-            self.metrics.events_accepted.inc(len(events) - duplicates)
+            self.metrics.events_duplicate += duplicates
+            self.metrics.events_accepted += len(events) - duplicates
         return receipt, appended
 
     def _redacted(self, envelope: Envelope) -> Envelope:
@@ -315,11 +315,11 @@ class EventLog:
         try:
             result = await call()
         except storage.UnreadableRow as e:
-            self.metrics.store_errors.labels("read").inc()
+            self.metrics.store_errors.inc("read")
             log.error("%s", e)
             raise UnreadableStoredRow(str(e)) from e
         except StoreError as e:
-            self.metrics.store_errors.labels("read").inc()
+            self.metrics.store_errors.inc("read")
             # Once per outage, as the writer does for writes: the reply carries no cause.
             if not self._reads_failing:
                 log.error("database unavailable, reads answer 503 until it works again: %s", e)

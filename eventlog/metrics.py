@@ -1,11 +1,26 @@
-"""Prometheus metrics: one registry per EventLog, exposed by GET /metrics."""
+"""Prometheus metrics: one registry per EventLog, exposed by GET /metrics.
+
+The request path only adds to plain ints and floats; prometheus-client's own Counter and
+Histogram take a lock per update (four per request, measured), and a scrape is the only moment
+the numbers need to be in Prometheus's form, so a collector of our own renders them then.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 (re-exported)
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # Commits take from well under a millisecond (SQLite, one event) to a second (a cold
 # PostgreSQL, 1,000 events); requests may also wait in the writer's queue.
@@ -15,67 +30,66 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
+class Histogram:
+    """Counts per bucket (the last one is +Inf) and the sum of what was observed."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (in the first bucket whose bound is at least ``value``)."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus's buckets: (le, observations at or below it)."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), total))
+        return out
+
+
+class Counters:
+    """Counters by one label's value; a missing value reads 0."""
+
+    __slots__ = ("values", "created")
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+        self.created: dict[str, float] = {}
+
+    def inc(self, label: str, amount: int = 1) -> None:
+        """Add ``amount`` under ``label``."""
+        if label not in self.values:
+            self.values[label] = 0
+            self.created[label] = time.time()
+        self.values[label] += amount
+
+
 class Metrics:
     """Every metric of one event log. Names and meanings are listed in the README."""
 
     def __init__(self) -> None:
+        self.created = time.time()
+        self.events_accepted = 0  # stored for the first time
+        self.events_duplicate = 0  # sent again with the same content
+        self.requests_replayed = 0  # answered from an earlier request's receipt
+        self.rejections = Counters()  # by problem code
+        self.store_errors = Counters()  # by operation
+        self.routes: dict[tuple[str, str], Histogram] = {}
+        self.commit_events = Histogram(BATCH_BUCKETS)
+        self.commit_seconds = Histogram(LATENCY_BUCKETS)
+        self._gauges: tuple[Callable[[], float], ...] = (lambda: 0.0,) * 3
         # A registry of its own, not the process-wide default: several logs (tests, a host
         # program with its own metrics) never collide.
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        self.events_accepted = Counter(
-            "eventlog_events_accepted", "Events stored for the first time.", registry=r
-        )
-        self.events_duplicate = Counter(
-            "eventlog_events_duplicate",
-            "Events sent again with the same content: acknowledged, not stored twice.",
-            registry=r,
-        )
-        self.requests_replayed = Counter(
-            "eventlog_requests_replayed",
-            "Requests answered from an earlier request's receipt (same Idempotency-Key).",
-            registry=r,
-        )
-        self.rejections = Counter(
-            "eventlog_rejections",
-            "Requests answered with a problem reply, by its code.",
-            ["code"],
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "eventlog_http_request_duration_seconds",
-            "Time to answer a request, by route and method (a stream: how long it stayed open).",
-            ["route", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.commit_events = Histogram(
-            "eventlog_commit_batch_events",
-            "Events in one group commit (one write transaction).",
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.commit_seconds = Histogram(
-            "eventlog_commit_duration_seconds",
-            "Time one group commit took, from the store's call to its answer.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.store_errors = Counter(
-            "eventlog_store_errors",
-            "Store operations that failed because the database was unavailable or broken.",
-            ["operation"],
-            registry=r,
-        )
-        self.queue_events = Gauge(
-            "eventlog_writer_queue_events", "Events waiting for the writer.", registry=r
-        )
-        self.subscribers = Gauge(
-            "eventlog_stream_subscribers", "Live stream subscribers.", registry=r
-        )
-        self.head_seq = Gauge(
-            "eventlog_head_seq", "The highest seq the live streams have seen.", registry=r
-        )
-        self._routes: dict[tuple[str, str], Histogram] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Collector(self))
 
     def follow(
         self,
@@ -84,9 +98,7 @@ class Metrics:
         head_seq: Callable[[], float],
     ) -> None:
         """Read these gauges from the running log at each scrape."""
-        self.queue_events.set_function(queue_events)
-        self.subscribers.set_function(subscribers)
-        self.head_seq.set_function(head_seq)
+        self._gauges = (queue_events, subscribers, head_seq)
 
     def committed(self, events: int, seconds: float) -> None:
         """One group commit is done (the writer's callback)."""
@@ -95,11 +107,90 @@ class Metrics:
 
     def request(self, route: str, method: str, seconds: float) -> None:
         """One HTTP request is answered."""
-        child = self._routes.get((route, method))
-        if child is None:
-            child = self._routes[route, method] = self.request_seconds.labels(route, method)
-        child.observe(seconds)
+        histogram = self.routes.get((route, method))
+        if histogram is None:
+            histogram = self.routes[route, method] = Histogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
+
+    def gauges(self) -> tuple[float, float, float]:
+        """The writer's queue, the live subscribers and the head seq, read now."""
+        queue_events, subscribers, head_seq = self._gauges
+        return queue_events(), subscribers(), head_seq()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    """Renders Metrics at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        for name, doc, value in (
+            ("eventlog_events_accepted", "Events stored for the first time.", m.events_accepted),
+            (
+                "eventlog_events_duplicate",
+                "Events sent again with the same content: acknowledged, not stored twice.",
+                m.events_duplicate,
+            ),
+            (
+                "eventlog_requests_replayed",
+                "Requests answered from an earlier request's receipt (same Idempotency-Key).",
+                m.requests_replayed,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value, created=m.created)
+            yield family
+        for name, doc, label, counters in (
+            (
+                "eventlog_rejections",
+                "Requests answered with a problem reply, by its code.",
+                "code",
+                m.rejections,
+            ),
+            (
+                "eventlog_store_errors",
+                "Store operations that failed because the database was unavailable or broken.",
+                "operation",
+                m.store_errors,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for value_label, value in sorted(counters.values.items()):
+                family.add_metric([value_label], value, created=counters.created[value_label])
+            yield family
+        requests = HistogramMetricFamily(
+            "eventlog_http_request_duration_seconds",
+            "Time to answer a request, by route and method (a stream: how long it stayed open).",
+            labels=["route", "method"],
+        )
+        for (route, method), histogram in sorted(m.routes.items()):
+            requests.add_metric([route, method], histogram.cumulative(), histogram.sum)
+        yield requests
+        for name, doc, histogram in (
+            (
+                "eventlog_commit_batch_events",
+                "Events in one group commit (one write transaction).",
+                m.commit_events,
+            ),
+            (
+                "eventlog_commit_duration_seconds",
+                "Time one group commit took, from the store's call to its answer.",
+                m.commit_seconds,
+            ),
+        ):
+            commits = HistogramMetricFamily(name, doc)
+            commits.add_metric([], histogram.cumulative(), histogram.sum)
+            yield commits
+        queue_events, subscribers, head_seq = m.gauges()
+        for name, doc, reading in (
+            ("eventlog_writer_queue_events", "Events waiting for the writer.", queue_events),
+            ("eventlog_stream_subscribers", "Live stream subscribers.", subscribers),
+            ("eventlog_head_seq", "The highest seq the live streams have seen.", head_seq),
+        ):
+            yield GaugeMetricFamily(name, doc, value=reading)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import secrets
 import socket
@@ -290,6 +291,16 @@ class WritePlan:
 # Given the stored events among the keys asked about and the live idempotency records among the
 # keys asked about, decide what to write. Called with the write lock held: it must not block.
 Decide = Callable[[dict[Key, Event], dict[str, IdempotencyRecord]], WritePlan]
+
+
+def settle(future: asyncio.Future[Any] | None, outcome: Any) -> None:
+    """Answer a waiting caller with ``outcome`` (raised, if an exception), unless it has gone."""
+    if future is None or future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class NodeIdUnavailable(Exception):

@@ -6,17 +6,19 @@ import asyncio
 import contextlib
 import functools
 import os
+import queue
 import resource
 import shutil
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import attrs
 import orjson
 
 from ..envelope import Event
@@ -41,6 +43,7 @@ from .base import (
     pending,
     read_events,
     read_executions,
+    settle,
 )
 
 T = TypeVar("T")
@@ -186,6 +189,46 @@ def _record(row: Sequence[Any]) -> IdempotencyRecord:
     return IdempotencyRecord(row[0], row[1], row[2], _moment(row[3]), _moment(row[4]))
 
 
+# Write calls are merged into one transaction up to about this many events. Past it, merging
+# saves little and costs overlap: while the thread commits one large group, the loop can parse
+# the next; merged, both would wait (batches of 1,000 fell to 0.65 of their rate, measured).
+_MERGE_EVENTS = 1000
+
+
+def _WRITE() -> None:  # the marker of a write() call (its work is _write_together)
+    """Not called."""
+
+
+def _STOP(db: sqlite3.Connection | None) -> None:
+    """The writer thread's last call: close its connection."""
+    if db is not None:
+        db.close()
+
+
+@attrs.define(eq=False)
+class _Call:
+    """A call for the writer thread, and the future of the loop that waits for it."""
+
+    call: Callable[..., Any]
+    args: tuple[Any, ...]
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[Any] | None = None
+
+
+@attrs.define(eq=False)
+class _Write(_Call):
+    keys: Sequence[Key] = ()
+    idempotency_keys: Sequence[str] = ()
+    now: datetime = datetime.min.replace(tzinfo=UTC)
+    decide: Decide | None = None
+
+
+def _settle(calls: list[_Call], results: list[Any]) -> None:
+    """In the loop: answer every call of one turn of the writer thread."""
+    for call, result in zip(calls, results, strict=True):
+        settle(call.future, result)
+
+
 class SqliteStore(EventStore):
     """Events in one SQLite file, in WAL mode.
 
@@ -201,6 +244,9 @@ class SqliteStore(EventStore):
     """
 
     backend = "sqlite"
+    # Groups handed to the writer thread at once: those waiting when it finishes a transaction
+    # go into the next one together, so the thread commits whatever is waiting.
+    write_concurrency = 8
 
     def __init__(
         self,
@@ -220,7 +266,8 @@ class SqliteStore(EventStore):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self._busy_timeout_ms = busy_timeout_ms
         self._read_only = read_only
-        self._thread: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -240,23 +287,68 @@ class SqliteStore(EventStore):
     async def _in_writer(self, call: Callable[..., T], *args: Any) -> T:
         if self._thread is None or self._writer is None:
             raise StoreUnavailable("the store is not open")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
-        except sqlite3.Error as e:
-            raise _unwritable(self.path, e) from e
+        return await self._call(_Call(call, args))
+
+    def _call(self, item: _Call) -> asyncio.Future[Any]:
+        item.loop = asyncio.get_running_loop()
+        item.future = item.loop.create_future()
+        self._calls.put(item)
+        return item.future
+
+    def _run_writer(self) -> None:
+        """The writer thread: calls in order; write calls waiting together share one
+        transaction (one lookup, one INSERT, one COMMIT), answered by one wake-up of the loop."""
+        later: _Call | None = None
+        while True:
+            item = later if later is not None else self._calls.get()
+            later = None
+            if item is None:
+                return
+            batch = [item]
+            if isinstance(item, _Write):
+                events = len(item.keys)
+                while events < _MERGE_EVENTS:
+                    try:
+                        more = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(more, _Write):
+                        later = more
+                        break
+                    batch.append(more)
+                    events += len(more.keys)
+                results = self._write_together(batch)  # type: ignore[arg-type]
+            else:
+                try:
+                    results = [item.call(*item.args)]
+                except sqlite3.Error as e:
+                    results = [_unwritable(self.path, e)]
+                except BaseException as e:  # noqa: BLE001 (handed to the caller)
+                    results = [e]
+            assert item.loop is not None
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                item.loop.call_soon_threadsafe(_settle, batch, results)
+            if later is None and item.call is _STOP:
+                return
 
     async def open(self) -> None:
         if self._read_only:
             return await self._open_read_only()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite-writer")
-            loop = asyncio.get_running_loop()
-            self._writer = await loop.run_in_executor(self._thread, self._connect_writer)
+            self._calls = queue.SimpleQueue()
+            self._thread = threading.Thread(
+                target=self._run_writer, name="eventlog-sqlite-writer", daemon=True
+            )
+            self._thread.start()
+            self._writer = await self._call(_Call(self._connect_writer, ()))
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             for pragma in self._pragmas():
                 await self._reader.execute(pragma)
         except (sqlite3.Error, OSError) as e:
+            await self.close()
+            raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
+        except StoreError as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
 
@@ -278,11 +370,10 @@ class SqliteStore(EventStore):
             await self._reader.close()
             self._reader = None
         if self._thread is not None:
-            if self._writer is not None:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
-                self._writer = None
-            self._thread.shutdown()
-            self._thread = None
+            thread, self._thread = self._thread, None
+            writer, self._writer = self._writer, None
+            await self._call(_Call(_STOP, (writer,)))
+            thread.join()
 
     @property
     def _r(self) -> aiosqlite.Connection:
@@ -311,62 +402,105 @@ class SqliteStore(EventStore):
                     db.execute("ROLLBACK")
             raise
 
-    def _write_sync(
-        self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
-    ) -> list[Event]:
-        with self._immediate() as db:
-            rows = db.execute(_HEAD_AND_FIND, (orjson.dumps(list(keys)).decode(),)).fetchall()
-            head = rows[0][0]
-            existing = {(r[2], r[3]): _event(r[1:]) for r in rows if r[1] is not None}
-            records: dict[str, IdempotencyRecord] = {}
-            if idempotency_keys:
-                found = db.execute(
-                    _FIND_KEYS, (orjson.dumps(list(idempotency_keys)).decode(), _micros(now))
-                )
-                records = {r[0]: _record(r) for r in found.fetchall()}
-            plan = decide(existing, records)
-            stored: list[Event] = []
-            if plan.events:
+    def _write_together(self, writes: list[_Write]) -> list[Any]:
+        """Several write() calls in one transaction, each deciding in turn on what is stored
+        and on what the ones before it wrote, as if each had committed alone; one whose
+        decide raises writes nothing and gets the exception."""
+        results: list[Any] = []
+        try:
+            with self._immediate() as db:
+                keys = list({k: None for w in writes for k in w.keys})
+                rows = db.execute(_HEAD_AND_FIND, (orjson.dumps(keys).decode(),)).fetchall()
+                head = rows[0][0]
+                known = {(r[2], r[3]): _event(r[1:]) for r in rows if r[1] is not None}
+                records: dict[str, IdempotencyRecord] = {}
+                idempotency_keys = list({k: None for w in writes for k in w.idempotency_keys})
+                if idempotency_keys:
+                    oldest = min(w.now for w in writes)
+                    found = db.execute(
+                        _FIND_KEYS, (orjson.dumps(idempotency_keys).decode(), _micros(oldest))
+                    )
+                    records = {r[0]: _record(r) for r in found.fetchall()}
                 at = datetime.now(UTC)  # ingested_at: the lock is held, the commit follows
-                stored = [Event.stored(e, head + i, at) for i, e in enumerate(plan.events, 1)]
-                ingested_at = _micros(at)
-                _many(db, _INSERT, [_row(e, ingested_at) for e in stored])
-                _many(
-                    db,
-                    _UPSERT_EXECUTIONS,
-                    [
-                        (
-                            d.execution_id,
-                            d.count,
-                            _micros(d.first_event_at),
-                            _micros(d.last_event_at),
-                            d.last_event_type,
-                            head + d.last_index,
-                            d.terminal or "RUNNING",
-                        )
-                        for d in execution_deltas(plan.events)
-                    ],
-                )
-            if plan.records:
-                db.executemany(
-                    _SAVE_KEY,
-                    [
-                        (
-                            r.key,
-                            r.fingerprint,
-                            r.outcome_json,
-                            _micros(r.created_at),
-                            _micros(r.expires_at),
-                        )
-                        for r in plan.records
-                    ],
-                )
-        return stored
+                stored: list[Event] = []
+                saved: list[IdempotencyRecord] = []
+                for w in writes:
+                    existing = {k: known[k] for k in w.keys if k in known}
+                    live = {
+                        k: records[k]
+                        for k in w.idempotency_keys
+                        if k in records and records[k].expires_at > w.now
+                    }
+                    try:
+                        assert w.decide is not None
+                        plan = w.decide(existing, live)
+                    except Exception as e:  # noqa: BLE001 (that call's failure alone)
+                        results.append(e)
+                        continue
+                    base = head + len(stored)
+                    mine = [Event.stored(e, base + i, at) for i, e in enumerate(plan.events, 1)]
+                    stored += mine
+                    known.update((e.key, e) for e in mine)
+                    saved += plan.records
+                    records.update((r.key, r) for r in plan.records)
+                    results.append(mine)
+                self._append(db, stored, head, at, saved)
+        except sqlite3.Error as e:
+            return [_unwritable(self.path, e)] * len(writes)
+        except BaseException as e:  # noqa: BLE001 (handed to every caller)
+            return [e] * len(writes)
+        return results
+
+    @staticmethod
+    def _append(
+        db: sqlite3.Connection,
+        stored: list[Event],
+        head: int,
+        at: datetime,
+        records: list[IdempotencyRecord],
+    ) -> None:
+        if stored:
+            ingested_at = _micros(at)
+            _many(db, _INSERT, [_row(e, ingested_at) for e in stored])
+            _many(
+                db,
+                _UPSERT_EXECUTIONS,
+                [
+                    (
+                        d.execution_id,
+                        d.count,
+                        _micros(d.first_event_at),
+                        _micros(d.last_event_at),
+                        d.last_event_type,
+                        head + d.last_index,
+                        d.terminal or "RUNNING",
+                    )
+                    for d in execution_deltas(stored)
+                ],
+            )
+        if records:
+            db.executemany(
+                _SAVE_KEY,
+                [
+                    (
+                        r.key,
+                        r.fingerprint,
+                        r.outcome_json,
+                        _micros(r.created_at),
+                        _micros(r.expires_at),
+                    )
+                    for r in records
+                ],
+            )
 
     async def write(
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
-        return await self._in_writer(self._write_sync, keys, idempotency_keys, now, decide)
+        if self._thread is None or self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        return await self._call(
+            _Write(_WRITE, (), keys=keys, idempotency_keys=idempotency_keys, now=now, decide=decide)
+        )
 
     def _purge_sync(self, now: datetime) -> int:
         with self._immediate() as db:
