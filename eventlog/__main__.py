@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import logs, tools
-from .config import ConfigError, Settings, load_settings
+from . import __version__, logs, tools
+from .config import ConfigError, Settings, load_settings, unknown_variables
 from .ids import decode
 from .problems import Problem
 from .serving import serve
@@ -28,6 +28,7 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventlog", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP service")
@@ -48,8 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending schema migrations and exit")
     _store_flags(migrate)
 
-    tail = commands.add_parser("tail", help="print the live stream as JSON lines")
-    tail.add_argument("--url", default="http://127.0.0.1:8080", help="the service's base URL")
+    tail = commands.add_parser(
+        "tail",
+        help="print the live stream as JSON lines",
+        description="Print the live stream as JSON lines. Retry policy: while the service "
+        "cannot be reached, at the start or later, tail tries again with a growing wait "
+        "(at most 5 s between attempts) for ever, logging once when the stream is lost and "
+        "once when it is back; --max-wait bounds the time without a connection (then exit "
+        "status 1). A 4xx reply (a bad filter, a missing token) ends it at once.",
+    )
+    tail.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="the service's base URL (default: %(default)s)",
+    )
+    tail.add_argument(
+        "--max-wait",
+        type=float,
+        metavar="SECONDS",
+        help="give up after this long without reaching the service (default: never)",
+    )
     tail.add_argument("--execution-id", type=int, help="one execution only")
     tail.add_argument("--after", type=int, help="start after this seq (default: from now)")
     tail.add_argument(
@@ -66,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser("import", help="append the events of an NDJSON file")
     _store_flags(imp)
-    imp.add_argument("file", help="NDJSON, one event per line (as `eventlog export` writes)")
+    imp.add_argument(
+        "file", help="NDJSON, one event per line (as `eventlog export` writes); - reads stdin"
+    )
 
     ids = commands.add_parser("ids", help="work with snowflake ids")
     id_commands = ids.add_subparsers(dest="ids_command", required=True)
@@ -136,6 +157,11 @@ def _decode(text: str) -> int:
     return 0
 
 
+def _warn_unknown_variables() -> None:
+    for warning in unknown_variables():
+        log.warning("%s", warning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `eventlog` console script and of `python -m eventlog`."""
     args = _parser().parse_args(argv)
@@ -143,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _decode(args.id)
     if args.command == "tail":
         logging.basicConfig(level="INFO", format="%(asctime)s %(message)s", stream=sys.stderr)
+        _warn_unknown_variables()
         filters = {k: v for k in FILTERS if (v := getattr(args, k)) is not None}
         try:
             return asyncio.run(
@@ -153,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     after=args.after,
                     out=sys.stdout,
                     token=args.token,
+                    max_wait=args.max_wait,
                 )
             )
         except KeyboardInterrupt:
@@ -163,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eventlog: configuration error: {e}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format.lower())
+    _warn_unknown_variables()
     try:
         if args.command == "serve":
             return _serve_command(settings, args.workers)
@@ -170,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(tools.export(settings, args.execution_id, sys.stdout.buffer))
             return 0
         if args.command == "import":
-            asyncio.run(tools.import_file(settings, args.file, progress=sys.stderr.isatty()))
+            progress = sys.stderr if sys.stderr.isatty() else None
+            asyncio.run(tools.import_file(settings, args.file, progress=progress))
             return 0
         return asyncio.run(_migrate(settings))
     except Problem as e:

@@ -32,16 +32,18 @@ processes at high rates should be given distinct `node_id`s.
 
 Retries (defaults: timeout 10 s per attempt, max_attempts 8, backoff 0.1 s, max_backoff 5 s,
 deadline 30 s). A connection error (refused, reset, a server that hangs up before replying), a
-timeout of one attempt or a 503 is retried, at most `max_attempts` attempts in all and never
-past `deadline` seconds from the call: the wait before attempt n+1
-is `backoff * 2**(n-1)` (at most `max_backoff`), jittered down to half of that, or, on a 503
+timeout of one attempt, a 503, or a 502 or 504 from a proxy in front of the service (not the
+service's own 502 `unreadable_row`) is retried, at most `max_attempts` attempts in all and
+never past `deadline` seconds from the call: the wait before attempt n+1 is
+`backoff * 2**(n-1)` (at most `max_backoff`), jittered down to half of that, or, on a reply
 with `Retry-After`, that many seconds plus up to `backoff` of jitter (a Retry-After that would
-overrun the deadline ends the call at once). Retrying a write is safe because its body, ids and
-`Idempotency-Key` are fixed before the first attempt. Every other error reply raises at once,
+overrun the deadline ends the call at once). Retrying a write is safe because its body, ids
+and `Idempotency-Key` are fixed before the first attempt. Every other error reply raises at once,
 4xx included: `EventLogError` carrying the status, the problem's `code`, the whole problem
 document and its field errors; `ConflictError` for a 409 (`event_conflict`,
 `idempotency_conflict`: a conflict is an error, not a success); `UnavailableError` when the
-retries ran out (status 503, or None with code `unreachable` when no reply came at all).
+retries ran out (status 502, 503 or 504, or None with code `unreachable` when no reply came at
+all).
 
 Batches. `emit_batch` mints ids for items without one and sends one `Idempotency-Key`, minted
 once per call, so a retried batch is replayed by the server (`replayed` in the receipt), not
@@ -52,10 +54,13 @@ other filters, `/api/executions/{id}/events`, following `next_cursor` until the 
 `tail()` follows the SSE stream; it remembers the seq of the last event it yielded and, when
 the connection drops, the stream ends or the server cuts it off (`event: cutoff`), reconnects
 with `Last-Event-ID` so it continues with no gap and no repeat. Heartbeat comments are skipped.
-Without `after`, the stream starts from the log's head read at the call (so even a drop before
-the first event loses nothing). `idle_timeout` (60 s) without a byte, not even a heartbeat,
-counts as a drop. Reconnection gives up after `max_attempts` failed connections in a row
-(raising `UnavailableError`), unless `forever=True`; 4xx replies raise at once.
+Without `after`, the stream starts from the log's head, read when the service first answers
+(so even a drop before the first event loses nothing). `idle_timeout` (60 s) without a byte,
+not even a heartbeat, counts as a drop. Reconnection gives up after `max_attempts` failed
+connections in a row (raising `UnavailableError`); with `forever=True` it never does, waiting
+at most `max_backoff` between attempts, unless `max_wait` bounds how long the service may stay
+unreachable (at the start or later). The log gets one line when the stream is lost and one
+when it is back, not one per attempt; 4xx replies raise at once.
 """
 
 from __future__ import annotations
@@ -93,6 +98,12 @@ __all__ = [
 
 log = logging.getLogger("eventlog.client")
 
+# 503 is the service's own "later"; 502 and 504 come from a proxy in front of it whose
+# upstream is down or slow: the same condition, seen from one hop further out. The service's
+# own 502 (a stored row it cannot render) is no such thing, and is not retried.
+GATEWAY = frozenset({502, 504})
+OWN_PROBLEM = "urn:eventlog:problem:"
+
 
 # --- errors and results -------------------------------------------------------------------
 
@@ -115,7 +126,8 @@ class ConflictError(EventLogError):
 
 
 class UnavailableError(EventLogError):
-    """The retries ran out: the service kept answering 503, or did not answer at all."""
+    """The retries ran out: the service (or a proxy) kept answering 502/503/504, or did not
+    answer at all."""
 
 
 def _field_errors(raw: Any) -> tuple[FieldError, ...]:
@@ -145,7 +157,10 @@ def _error(status: int, reason: str | None, body: bytes) -> EventLogError:
             "detail": body[:500].decode("utf-8", "replace") or reason,
             "code": reason.lower().replace(" ", "_").replace("-", "_"),
         }
-    kind = {409: ConflictError, 503: UnavailableError}.get(status, EventLogError)
+    transient = status == 503 or (
+        status in GATEWAY and not str(problem.get("type")).startswith(OWN_PROBLEM)
+    )
+    kind = ConflictError if status == 409 else UnavailableError if transient else EventLogError
     return kind(status, problem)
 
 
@@ -157,6 +172,13 @@ def _unreachable(e: BaseException) -> UnavailableError:
     )
     error.__cause__ = e
     return error
+
+
+def _until(forever: bool, max_wait: float | None) -> str:
+    """How long tail goes on trying, for its log line."""
+    if not forever:
+        return ""
+    return " until it is back" if max_wait is None else f" for up to {max_wait:g} s"
 
 
 def _invalid_reply(detail: str) -> EventLogError:
@@ -279,18 +301,15 @@ def _filters(filters: dict[str, Any]) -> dict[str, str]:
 
 @attrs.define
 class _StreamPosition:
-    """Where a tail is (the last seq it yielded), and how its latest connection ended."""
+    """Where a tail is (the last seq it yielded; None: not pinned yet), how its latest
+    connection ended, and how long the stream has been failing."""
 
-    last: int
-    connected: bool = False  # the server answered 200
+    last: int | None
     cut_off: bool = False  # the server cut it off for falling behind
     retry_after: float | None = None
     error: Exception = attrs.field(factory=lambda: ConnectionError("not connected"))
-
-    def reset(self) -> None:
-        """Forget how the previous connection ended."""
-        self.connected = self.cut_off = False
-        self.retry_after = None
+    failures: int = 0  # connections in a row that failed or ended
+    down_since: float = 0.0  # loop time of the first of them
 
 
 class EventLogClient:
@@ -364,8 +383,10 @@ class EventLogClient:
         params: dict[str, str] | None = None,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        attempts: int | None = None,
     ) -> Any:
-        """One API call, retried as the module docstring says; the decoded JSON reply."""
+        """One API call, retried as the module docstring says (at most ``attempts`` times,
+        when given); the decoded JSON reply."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._deadline
         request_headers = {**self._headers, "Accept": "application/json", **(headers or {})}
@@ -391,13 +412,13 @@ class EventLogClient:
                         except Problem as e:
                             raise _invalid_reply(f"{method} {path}: {e.detail}") from None
                     error = _error(reply.status, reply.reason, data)
-                    if reply.status != 503:
+                    if not isinstance(error, UnavailableError):
                         raise error
                     retry_after = _retry_after(reply.headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
                 error = _unreachable(e)
             delay = self._delay(attempt, retry_after)
-            if attempt >= self._max_attempts or loop.time() + delay > give_up_at:
+            if attempt >= (attempts or self._max_attempts) or loop.time() + delay > give_up_at:
                 raise error
             log.info("%s %s: %s; attempt %d in %.2fs", method, path, error, attempt + 1, delay)
             await asyncio.sleep(delay)
@@ -474,9 +495,9 @@ class EventLogClient:
             if cursor is None:
                 return
 
-    async def _head(self) -> int:
+    async def _head(self, attempts: int | None = None) -> int:
         """The log's newest seq (0 when empty): the newest execution's last_seq."""
-        reply = await self._call("GET", "/api/executions", params={"limit": "1"})
+        reply = await self._call("GET", "/api/executions", params={"limit": "1"}, attempts=attempts)
         executions = reply["executions"]
         return int(executions[0]["last_seq"]) if executions else 0
 
@@ -486,23 +507,25 @@ class EventLogClient:
         execution_id: int | None = None,
         *,
         forever: bool = False,
+        max_wait: float | None = None,
         idle_timeout: float | None = 60.0,
         **filters: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """Events from the live stream, after seq ``after`` (or from now), resuming after every
         drop with no gap and no repeat; ``idle_timeout`` seconds without even a heartbeat count
-        as a drop."""
+        as a drop. Gives up after ``max_attempts`` failures in a row, or with ``forever`` only
+        once the service has been unreachable for ``max_wait`` seconds (None: never)."""
         params = _filters(filters)
         path = (
             f"/api/executions/{int(execution_id)}/events/stream"
             if execution_id is not None
             else "/api/events/stream"
         )
-        at = _StreamPosition(await self._head() if after is None else int(after))
+        at = _StreamPosition(None if after is None else int(after))
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
         )
-        failures = 0
+        loop = asyncio.get_running_loop()
         while True:
             # aclosing: a caller that stops iterating closes the connection at once.
             async with contextlib.aclosing(self._stream_once(path, params, timeout, at)) as events:
@@ -511,13 +534,23 @@ class EventLogClient:
             if at.cut_off:
                 log.warning("the server cut the stream off; resuming after seq %d", at.last)
                 continue
-            failures = 1 if at.connected else failures + 1
-            if not forever and failures >= self._max_attempts:
+            at.failures += 1
+            now = loop.time()
+            if at.failures == 1:
+                at.down_since = now
+            waited = now - at.down_since
+            if forever:
+                if max_wait is not None and waited >= max_wait:
+                    raise at.error
+            elif at.failures >= self._max_attempts:
                 raise at.error
-            delay = self._delay(failures, at.retry_after)
-            log.warning(
-                "stream lost (%s); resuming after seq %d in %.2fs", at.error, at.last, delay
-            )
+            delay = self._delay(at.failures, at.retry_after)
+            if max_wait is not None:
+                delay = max(min(delay, max_wait - waited), 0.0)
+            if at.failures == 1:
+                log.warning("stream lost (%s); reconnecting%s", at.error, _until(forever, max_wait))
+            else:
+                log.debug("attempt %d failed (%s); next in %.2fs", at.failures, at.error, delay)
             await asyncio.sleep(delay)
 
     async def _stream_once(
@@ -525,19 +558,31 @@ class EventLogClient:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """One connection to the stream, resuming after ``at.last``: yields its events, keeping
         ``at`` up to date, and records in ``at`` how the connection ended."""
-        at.reset()
-        headers = {**self._headers, "Accept": "text/event-stream", "Last-Event-ID": str(at.last)}
+        at.cut_off, at.retry_after = False, None
         try:
+            if at.last is None:  # "from now": pinned once the service first answers
+                at.last = await self._head(attempts=1)
+            headers = {
+                **self._headers,
+                "Accept": "text/event-stream",
+                "Last-Event-ID": str(at.last),
+            }
             async with self._http().get(
                 self._base + path, params=params, headers=headers, timeout=timeout
             ) as reply:
                 if reply.status != 200:
                     at.error = _error(reply.status, reply.reason, await reply.read())
-                    if reply.status != 503:
+                    if not isinstance(at.error, UnavailableError):
                         raise at.error
                     at.retry_after = _retry_after(reply.headers.get("Retry-After"))
                     return
-                at.connected = True
+                if at.failures:
+                    log.warning(
+                        "stream back after %.1f s; resuming after seq %d",
+                        asyncio.get_running_loop().time() - at.down_since,
+                        at.last,
+                    )
+                at.failures = 0
                 async for message in read_sse(reply.content):
                     seq = at.last if message.id is None else int(message.id)
                     if message.event == "cutoff":
@@ -554,6 +599,8 @@ class EventLogClient:
                 at.error = _unreachable(ConnectionError("the server ended the stream"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
             at.error = _unreachable(e)
+        except UnavailableError as e:  # the one attempt at reading the head
+            at.error = e
         except (Problem, ValueError) as e:
             detail = e.detail if isinstance(e, Problem) else str(e)
             raise _invalid_reply(f"GET {path}: a malformed stream message: {detail}") from None

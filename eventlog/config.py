@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 import typing
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from cattrs.errors import ClassValidationError
@@ -80,7 +82,10 @@ class Settings:
     # Bearer tokens. None configured: no access control. A write token may also read.
     write_tokens: list[str] = attrs.field(factory=list)
     read_tokens: list[str] = attrs.field(factory=list)
-    open_paths: list[str] = attrs.field(factory=lambda: ["/health", "/ready", "/metrics"])
+    # The API's description is not a secret, and clients need it before they have a token.
+    open_paths: list[str] = attrs.field(
+        factory=lambda: ["/health", "/ready", "/metrics", "/api/openapi.json"]
+    )
 
     @property
     def auth_enabled(self) -> bool:
@@ -142,11 +147,13 @@ def load_settings(
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r} in {path}")
         data.update(from_file)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for name in FIELDS:
         text = env.get(ENV_PREFIX + name.upper())
-        if text is not None:
+        # A flag replaces the variable unread, so a bad value there cannot stop the program.
+        if text is not None and name not in given:
             data[name] = _from_env_text(name, text)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data.update(given)
     if data.get("node_id") == "auto":
         data["node_id"] = None
     try:
@@ -164,6 +171,38 @@ def load_settings(
     return settings
 
 
+# EVENTLOG_* variables read on purpose that are not settings: the config file's path, the
+# token of `eventlog tail`, and the test suite's own switches.
+OTHER_VARIABLES = frozenset(
+    {
+        "EVENTLOG_CONFIG",
+        "EVENTLOG_TOKEN",
+        "EVENTLOG_REQUIRE_PG",
+        "EVENTLOG_REQUIRE_BROWSER",
+        "EVENTLOG_TEST_STORES",
+        "EVENTLOG_TEST_PG_DSN",
+    }
+)
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each EVENTLOG_* variable that nothing reads, naming the closest known one
+    (a misspelt EVENTLOG_WRITE_TOKENS would otherwise leave the service open, silently)."""
+    env = os.environ if env is None else env
+    known = sorted({ENV_PREFIX + name.upper() for name in FIELDS} | OTHER_VARIABLES)
+    # Compared without the prefix, which every name shares and would make all of them close.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        suffix = name.removeprefix(ENV_PREFIX).upper()
+        close = difflib.get_close_matches(suffix, suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
+        warnings.append(f"{name} is not an eventlog setting and is ignored{hint}")
+    return warnings
+
+
 def make_settings(**values: Any) -> Settings:
     """Settings from keyword arguments alone (no file, no environment), validated as
     load_settings validates them; a value of None keeps the default."""
@@ -176,3 +215,12 @@ def make_settings(**values: Any) -> Settings:
 def _messages(exc: ClassValidationError) -> list[str]:
     noted, other = exc.group_exceptions()
     return [f"{note.name}: {sub}" for sub, note in noted] + [str(e) for e in other]
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its password, fit for a log line."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -16,11 +16,11 @@ import orjson
 from .codec import dumps, loads, same_json
 from .envelope import Defaulted, Envelope, Event, NewEvent
 from .problems import (
-    DatabaseUnavailable,
     EventConflict,
     IdempotencyConflict,
     InvalidEnvelope,
     Overloaded,
+    database_unavailable,
 )
 from .status import derive_status
 from .storage.base import (
@@ -308,7 +308,7 @@ class Writer:
         # While the database is failing: since when, and how many requests were refused. The
         # log gets one line when writes start failing and one when they work again.
         self._down_since: float | None = None
-        self._down_reason = ""
+        self._down_reason: StoreError = StoreUnavailable("the database is unavailable")
         self._refused = 0
 
     @property
@@ -355,7 +355,7 @@ class Writer:
         same Idempotency-Key. Raises EventConflict, IdempotencyConflict, Overloaded or
         DatabaseUnavailable."""
         if not self._running:
-            raise DatabaseUnavailable("the writer is not running", headers={"Retry-After": "1"})
+            raise database_unavailable(RuntimeError("the writer is not running"))
         if self._queued_events and self._queued_events + len(events) > self._queue_events:
             raise Overloaded(
                 "too many writes are waiting; retry after the delay given in Retry-After",
@@ -442,7 +442,7 @@ class Writer:
             if isinstance(e, ValueNotStorable):
                 return await self._commit_apart(jobs, e)
             self._failing(e, len(jobs))
-            results = [DatabaseUnavailable(str(e), headers={"Retry-After": "1"})] * len(jobs)
+            results = [database_unavailable(e) for _ in jobs]
         except Exception as e:  # never leave a request waiting forever
             return await self._commit_apart(jobs, e)
         else:
@@ -464,7 +464,7 @@ class Writer:
             self._refused = 0
             kind = "unavailable" if isinstance(e, StoreUnavailable) else "failing"
             log.error("database %s, writes answer 503 until it works again: %s", kind, e)
-        self._down_reason = str(e)
+        self._down_reason = e
         self._refused += requests
 
     def _refuse(self, jobs: list[Job], count: int) -> None:
@@ -472,7 +472,7 @@ class Writer:
         self._refused += len(jobs)
         _answer(
             jobs,
-            [DatabaseUnavailable(self._down_reason, headers={"Retry-After": "1"}) for _ in jobs],
+            [database_unavailable(self._down_reason) for _ in jobs],
         )
 
     def _working(self) -> None:

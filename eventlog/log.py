@@ -12,20 +12,22 @@ import attrs
 
 from .codec import dumps, redact, structure_python, wire_form
 from .config import Settings, make_settings
-from .envelope import Envelope, Event, Execution
-from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now
+from .envelope import Envelope, Event, Execution, NewEvent
+from .ingest import Appended, Idempotency, Receipt, Writer, normalise, now, same_content
 from .metrics import Metrics
 from .nodes import NodeIds
 from .problems import (
     DatabaseUnavailable,
+    EventConflict,
     FieldError,
     InvalidEnvelope,
     NotFound,
     Problem,
     UnreadableStoredRow,
+    database_unavailable,
 )
 from .storage import base as storage
-from .storage.base import EventStore, Filter, Page, StoreError
+from .storage.base import EventStore, Filter, Key, Page, StoreError
 from .storage.registry import store_from_settings
 from .stream import CutOff, Hub, Subscription
 
@@ -71,6 +73,7 @@ class EventLog:
         self.running = False  # between start and close
         self._redact = frozenset(k.lower() for k in settings.redact_keys)
         self.metrics = Metrics()
+        self._reads_failing = False
         self.writer.on_group = self.metrics.committed
         self.metrics.follow(
             lambda: self.writer.queued_events,
@@ -153,12 +156,15 @@ class EventLog:
         *,
         batch: bool = False,
         idempotency: Idempotency | None = None,
+        paths: Sequence[str] | None = None,
     ) -> tuple[Receipt, list[Appended]]:
         """Append validated envelopes in one transaction (all or none).
 
         With ``idempotency``, a request seen before under the same key is not applied again: its
         first receipt comes back marked ``replayed`` (and no events); another request under the
-        key raises IdempotencyConflict.
+        key raises IdempotencyConflict. Two envelopes of the request with one key and other
+        content raise EventConflict naming both by ``paths`` (their wire paths; ``$[i]``
+        when not given).
         """
         if not envelopes and idempotency is None:
             # An empty batch (producers flush empty buffers): nothing to write, nothing to keep.
@@ -167,6 +173,7 @@ class EventLog:
             envelopes = [self._redacted(e) for e in envelopes]
         received_at = now()
         events = [normalise(e, self.ids, received_at, in_batch=batch) for e in envelopes]
+        _refuse_conflicts_within(events, paths or [f"$[{i}]" for i in range(len(events))])
         try:
             receipt, appended = await self.writer.submit(
                 events, request_id=str(self.ids.next_id()), idempotency=idempotency
@@ -299,21 +306,30 @@ class EventLog:
                 headers={"Retry-After": "1"},
             )
         if pending:
+            # A fixed sentence, like every 503; `eventlog migrate` names what it applies.
             raise DatabaseUnavailable(
-                f"the database needs migrations {', '.join(pending)}: run `eventlog migrate`",
+                "the database schema is older than this version: run `eventlog migrate`",
                 headers={"Retry-After": "5"},
             )
 
     async def _reading(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await call()
+            result = await call()
         except storage.UnreadableRow as e:
             self.metrics.store_errors.inc("read")
             log.error("%s", e)
             raise UnreadableStoredRow(str(e)) from e
         except StoreError as e:
             self.metrics.store_errors.inc("read")
+            # Once per outage, as the writer does for writes: the reply carries no cause.
+            if not self._reads_failing:
+                log.error("database unavailable, reads answer 503 until it works again: %s", e)
+            self._reads_failing = True
             raise _unavailable(e) from e
+        if self._reads_failing:
+            log.info("database available again for reads")
+            self._reads_failing = False
+        return result
 
 
 class LiveEvents:
@@ -379,9 +395,29 @@ async def _follow(
         _close(current)
 
 
+def _refuse_conflicts_within(events: Sequence[NewEvent], paths: Sequence[str]) -> None:
+    """EventConflict naming both items when two events of one request share a key but not
+    their content: nothing is stored, so it must not read as a clash with the log."""
+    first: dict[Key, int] = {}
+    pairs = []
+    for index, event in enumerate(events):
+        earlier = first.setdefault(event.key, index)
+        if earlier != index and not same_content(event, events[earlier]):
+            pairs.append((paths[earlier], paths[index]))
+    if pairs:
+        raise EventConflict(
+            f"{pairs[0][0]} and {pairs[0][1]} carry the same execution_id and event_id with "
+            "different content; nothing was stored",
+            errors=[
+                FieldError(later, f"has the execution_id and event_id of {earlier}, other content")
+                for earlier, later in pairs
+            ],
+        )
+
+
 def _unavailable(e: StoreError) -> Problem:
     """What a reader is told when the store fails."""
-    return DatabaseUnavailable(str(e), headers={"Retry-After": "1"})
+    return database_unavailable(e)
 
 
 def _fingerprint(items: list[Any]) -> str:

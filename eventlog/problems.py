@@ -87,3 +87,13 @@ UnreadableStoredRow = _problem(502, "unreadable_row", "A stored row cannot be re
 Overloaded = _problem(503, "overloaded", "The service is overloaded")
 DatabaseUnavailable = _problem(503, "db_unavailable", "The database is unavailable")
 InternalError = _problem(500, "internal_error", "Internal error")
+
+DB_UNAVAILABLE_DETAIL = "the database is unavailable; retry after the delay given in Retry-After"
+
+
+def database_unavailable(cause: BaseException) -> Problem:
+    """The 503 for a store that failed: one fixed sentence for clients. The cause names hosts,
+    ports and files, so it goes to the log (by the caller) and to ``__cause__``, never out."""
+    problem = DatabaseUnavailable(DB_UNAVAILABLE_DETAIL, headers={"Retry-After": "1"})
+    problem.__cause__ = cause
+    return problem

@@ -8,23 +8,23 @@ import logging
 import signal
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
 from . import logs
-from .config import Settings
+from .config import Settings, describe_dsn
 
 log = logging.getLogger("eventlog")
 
 
-def describe_dsn(dsn: str) -> str:
-    """The DSN without its password, fit for a log line."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+def describe_access(settings: Settings) -> str:
+    """Whether requests need a token, for the start-up line (the tokens themselves never)."""
+    if not settings.auth_enabled:
+        return "access control off: no tokens are set, anyone may read and write"
+    return (
+        f"access control on: {len(settings.write_tokens)} write and "
+        f"{len(settings.read_tokens)} read token(s)"
+    )
 
 
 async def serve(
@@ -64,11 +64,12 @@ async def serve(
         return 1
     host, port = runner.addresses[0][:2]
     log.info(
-        "eventlog listening on http://%s:%s (store: %s, node id %d)",
+        "eventlog listening on http://%s:%s (store: %s, node id %d, %s)",
         host,
         port,
         describe_dsn(settings.dsn),
         app[EVENT_LOG].node_id,
+        describe_access(settings),
     )
     if on_listening is not None:
         on_listening()

@@ -10,11 +10,11 @@ import orjson
 
 from .client import EventLogClient, EventLogError, Message, read_sse
 from .codec import converter, dumps, loads, structure_batch
-from .config import Settings
+from .config import Settings, describe_dsn
 from .envelope import Event
 from .log import EventLog
 from .problems import Problem
-from .storage.base import Page, StoreError, UnreadableRow
+from .storage.base import Page, StoreError, UnreadableRow, load_migrations
 from .storage.registry import store_from_settings
 
 log = logging.getLogger("eventlog")
@@ -36,12 +36,15 @@ async def tail(
     after: int | None,
     out: IO[str],
     token: str | None = None,
+    max_wait: float | None = None,
 ) -> int:
-    """Print the live stream as JSON lines, resuming after every dropped connection."""
+    """Print the live stream as JSON lines, resuming after every dropped connection and
+    retrying for ever while the service is unreachable (``max_wait`` seconds at most)."""
     async with EventLogClient(url, token=token) as client:
         try:
             chosen: dict[str, Any] = dict(filters)
-            async for event in client.tail(after, execution_id, forever=True, **chosen):
+            stream = client.tail(after, execution_id, forever=True, max_wait=max_wait, **chosen)
+            async for event in stream:
                 out.write(dumps(event).decode() + "\n")
                 out.flush()
         except EventLogError as e:
@@ -56,9 +59,17 @@ async def tail(
 
 
 async def export(settings: Settings, execution_id: int | None, out: IO[bytes]) -> int:
-    """Write every event (of one execution, or all) as canonical NDJSON, in seq order."""
+    """Write every event (of one execution, or all) as canonical NDJSON, in seq order.
+
+    The store is opened read-only: a SQLite file that does not exist is an error, not a new
+    empty file, and a store without eventlog's schema is named as such."""
     count, after, skipped = 0, 0, []
-    async with store_from_settings(settings) as store:
+    async with store_from_settings(settings, read_only=True) as store:
+        if len(await store.pending_migrations()) == len(load_migrations(store.backend)):
+            raise StoreError(
+                f"{describe_dsn(settings.dsn)} holds no event log "
+                "(`eventlog migrate` or `eventlog serve` creates one)"
+            )
         while True:
             page = Page(execution_id=execution_id, after=after, limit=CHUNK)
             try:
@@ -95,37 +106,77 @@ def _lines(stream: IO[bytes]) -> list[tuple[int, bytes]]:
     return [(n, line) for n, line in enumerate(stream, 1) if line.strip()]
 
 
-async def import_file(settings: Settings, path: str, *, progress: bool) -> tuple[int, int]:
-    """Append an NDJSON file through the batch path, a thousand lines per transaction.
+class Progress:
+    """A progress bar on one terminal line, redrawn in place with \\r. A log line written while
+    the bar shows ends the bar's line first, so the two never overwrite each other."""
+
+    def __init__(self, out: IO[str] | None, total: int) -> None:
+        self._out = out
+        self._total = total
+        self._open = False  # the cursor sits at the end of the bar's line
+
+    def show(self, done: int, new: int, duplicates: int) -> None:
+        """Redraw the bar (nothing when there is no terminal)."""
+        if self._out is None:
+            return
+        bar = "#" * (30 * done // max(self._total, 1))
+        self._out.write(
+            f"\r[{bar:<30}] {done}/{self._total} lines, {new} new, {duplicates} already stored"
+        )
+        self._out.flush()
+        self._open = True
+
+    def end_line(self) -> None:
+        """Leave the bar's line, keeping the bar on screen."""
+        if self._open and self._out is not None:
+            self._out.write("\n")
+            self._out.flush()
+        self._open = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """A logging filter: end the bar's line before the record is written below it."""
+        self.end_line()
+        return True
+
+    def __enter__(self) -> Progress:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_line()
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self)
+
+
+async def import_file(
+    settings: Settings, source: str, *, progress: IO[str] | None
+) -> tuple[int, int]:
+    """Append an NDJSON file (``-``: standard input) through the batch path, a thousand lines
+    per transaction, drawing a bar on ``progress`` (a terminal) when given.
 
     Idempotent: events already stored (same key, same content) are counted, not stored again.
     Returns (new, already stored)."""
-    with open(path, "rb") as f:
-        lines = _lines(f)
+    if source == "-":
+        lines = _lines(sys.stdin.buffer)
+    else:
+        with open(source, "rb") as f:
+            lines = _lines(f)
     new = duplicates = 0
     async with EventLog(settings) as event_log:
-        for start in range(0, len(lines), CHUNK):
-            chunk = lines[start : start + CHUNK]
-            values: list[Any] = []
-            for number, line in chunk:
-                try:
-                    values.append(loads(line))
-                except Problem as e:
-                    raise Problem(f"line {number}: {e.detail}") from None
-            envelopes = structure_batch(values, lines=[n for n, _ in chunk])
-            receipt, _ = await event_log.ingest(envelopes, batch=True)
-            duplicates += len(receipt.duplicates)
-            new += len(chunk) - len(receipt.duplicates)
-            if progress:
-                done = start + len(chunk)
-                bar = "#" * (30 * done // len(lines))
-                print(
-                    f"\r[{bar:<30}] {done}/{len(lines)} lines, {new} new, {duplicates} already stored",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    if progress:
-        print(file=sys.stderr)
+        with Progress(progress, len(lines)) as bar:
+            for start in range(0, len(lines), CHUNK):
+                chunk = lines[start : start + CHUNK]
+                values: list[Any] = []
+                for number, line in chunk:
+                    try:
+                        values.append(loads(line))
+                    except Problem as e:
+                        raise Problem(f"line {number}: {e.detail}") from None
+                envelopes = structure_batch(values, lines=[n for n, _ in chunk])
+                receipt, _ = await event_log.ingest(envelopes, batch=True)
+                duplicates += len(receipt.duplicates)
+                new += len(chunk) - len(receipt.duplicates)
+                bar.show(start + len(chunk), new, duplicates)
     print(f"imported {new} new events, {duplicates} already stored", file=sys.stderr)
     return new, duplicates

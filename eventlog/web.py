@@ -285,6 +285,14 @@ async def post_event(request: web.Request) -> web.Response:
     )
 
 
+def _item_paths(data: Any, lines: list[int] | None, count: int) -> list[str]:
+    """Where each item of a batch was, as the client sent it (for a conflict between two)."""
+    if lines is not None:
+        return [f"line {n}" for n in lines]
+    prefix = "$.events" if type(data) is dict else "$"
+    return [f"{prefix}[{i}]" for i in range(count)]
+
+
 async def post_batch(request: web.Request) -> web.Response:
     """Append a batch atomically: NoETL's batch object, a JSON array, or NDJSON lines."""
     settings = request.app[SETTINGS]
@@ -303,7 +311,10 @@ async def post_batch(request: web.Request) -> web.Response:
         )
     envelopes = structure_batch(data, lines=lines)
     receipt, _ = await request.app[EVENT_LOG].ingest(
-        envelopes, batch=True, idempotency=idempotency(request, body)
+        envelopes,
+        batch=True,
+        idempotency=idempotency(request, body),
+        paths=_item_paths(data, lines, len(envelopes)),
     )
     return json_response(
         {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -142,12 +143,22 @@ class Relay:
 
 
 class Front:
-    """An HTTP front that answers 503 with Retry-After a few times, then passes requests on."""
+    """An HTTP front that answers 503 with Retry-After a few times, then passes requests on;
+    or, given ``gateway``, answers those statuses first with a proxy's HTML page, as nginx
+    does when the service behind it is down (502) or slow (504)."""
 
-    def __init__(self, upstream: str, *, unavailable: int, retry_after: str) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        unavailable: int = 0,
+        retry_after: str = "1",
+        gateway: tuple[int, ...] = (),
+    ) -> None:
         self.upstream = upstream
         self.unavailable = unavailable
         self.retry_after = retry_after
+        self.gateway = list(gateway)
         self.arrivals: list[float] = []
         self.app = web.Application()
         self.app.router.add_route("*", "/{path:.*}", self._handle)
@@ -155,6 +166,13 @@ class Front:
     async def _handle(self, request: web.Request) -> web.Response:
         self.arrivals.append(time.monotonic())
         body = await request.read()
+        if self.gateway:
+            status = self.gateway.pop(0)
+            return web.Response(
+                text=f"<html><body><h1>{status} Gateway</h1></body></html>",
+                status=status,
+                content_type="text/html",
+            )
         if len(self.arrivals) <= self.unavailable:
             problem = {
                 "type": "urn:eventlog:problem:overloaded",
@@ -312,6 +330,60 @@ async def test_503_retry_after_is_honoured_before_each_retry(server, aiohttp_ser
     assert all(1.0 <= gap < 1.5 for gap in gaps[:2]), gaps
     assert receipt.duplicate is False
     assert [e["event_id"] for e in events] == [str(receipt.event_id)]
+
+
+async def test_502_and_504_from_a_proxy_are_retried_like_503(server, aiohttp_server):
+    """A proxy answers 502, 504, 502 with HTML pages, then passes the request on: emit
+    succeeds and the event is stored once; so does a read."""
+    front = Front(url(server), gateway=(502, 504, 502))
+    front_server = await aiohttp_server(front.app)
+    async with fast(url(front_server)) as client:
+        receipt = await client.emit(body(1))
+        front.gateway = [504, 502]
+        event = await client.get(receipt.event_id)
+    assert len(front.arrivals) == 4 + 3
+    assert receipt.duplicate is False
+    assert event["event_id"] == str(receipt.event_id)
+
+
+async def test_a_proxy_that_keeps_answering_502_raises_unavailable_after_max_attempts(
+    server, aiohttp_server
+):
+    """Retries of 502 are bounded as for 503: UnavailableError with status 502 at the end."""
+    front = Front(url(server), gateway=(502,) * 10)
+    front_server = await aiohttp_server(front.app)
+    async with fast(url(front_server), max_attempts=3) as client:
+        with pytest.raises(UnavailableError) as caught:
+            await client.emit(body(1))
+    assert len(front.arrivals) == 3
+    assert caught.value.status == 502
+
+
+async def test_the_services_own_502_is_raised_at_once_not_retried(aiohttp_server):
+    """A 502 carrying eventlog's own problem (unreadable_row: a stored row it cannot render)
+    will not change on a retry: it raises EventLogError after one request."""
+    arrivals = []
+
+    async def unreadable(request: web.Request) -> web.Response:
+        arrivals.append(request.path)
+        problem = {
+            "type": "urn:eventlog:problem:unreadable_row",
+            "title": "A stored row cannot be read",
+            "status": 502,
+            "detail": "seq 7 cannot be rendered",
+            "code": "unreadable_row",
+        }
+        return web.json_response(problem, status=502, content_type="application/problem+json")
+
+    app = web.Application()
+    app.router.add_get("/api/events/{event_id}", unreadable)
+    stub = await aiohttp_server(app)
+    async with fast(url(stub)) as client:
+        with pytest.raises(EventLogError) as caught:
+            await client.get(1)
+    assert not isinstance(caught.value, UnavailableError)
+    assert (caught.value.status, caught.value.code) == (502, "unreadable_row")
+    assert arrivals == ["/api/events/1"]
 
 
 async def test_a_retry_after_past_the_deadline_ends_the_call_at_once(server, aiohttp_server):
@@ -554,3 +626,49 @@ async def test_tail_with_a_bad_request_raises_at_once(server, relay):
                 pass
     assert (caught.value.status, caught.value.code) == (400, "invalid_parameter")
     assert [r.path.split("?")[0] for r in relay.requests()] == ["/api/executions/0/events/stream"]
+
+
+async def test_tail_forever_waits_out_a_service_down_at_the_start(server, relay, caplog):
+    """Unreachable for more than max_attempts tries before the first connection: with
+    forever=True the tail keeps trying, then follows from the head it reads once connected;
+    the log says once that the stream was lost and once that it is back."""
+    caplog.set_level(logging.DEBUG, logger="eventlog.client")
+    relay.refuse = True
+    async with (
+        EventLogClient(url(server)) as writer,
+        fast(relay.url, max_attempts=2) as client,
+        following(client, forever=True) as got,
+    ):
+        await until(lambda: relay.connections >= 5)
+        relay.refuse = False
+        await until(lambda: subscribers(server) == 1)
+        receipt = await writer.emit(body(1))
+        await until(lambda: len(got) == 1)
+    assert got[0]["event_id"] == str(receipt.event_id)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([m for m in warnings if m.startswith("stream lost")]) == 1, warnings
+    assert len([m for m in warnings if m.startswith("stream back")]) == 1, warnings
+    assert "until it is back" in warnings[0]
+
+
+async def test_tail_without_forever_still_gives_up_after_max_attempts(server, relay):
+    """The library default is unchanged: max_attempts failed connections in a row raise."""
+    relay.refuse = True
+    async with fast(relay.url, max_attempts=3) as client, asyncio.timeout(10):
+        with pytest.raises(UnavailableError):
+            async for _ in client.tail():
+                pass
+    # aiohttp itself retries a GET once on a connection the peer closed at once.
+    assert 3 <= relay.connections <= 6
+
+
+async def test_tail_forever_with_max_wait_gives_up_after_that_long_unreachable(server, relay):
+    """forever=True, max_wait=0.5: UnavailableError about half a second into the outage."""
+    relay.refuse = True
+    started = time.monotonic()
+    async with fast(relay.url, max_backoff=0.1) as client:
+        with pytest.raises(UnavailableError) as caught:
+            async for _ in client.tail(after=0, forever=True, max_wait=0.5):
+                pass
+    assert 0.5 <= time.monotonic() - started < 3.0
+    assert caught.value.code == "unreachable"

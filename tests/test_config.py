@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
-from eventlog.config import ConfigError, Settings, load_settings
+from eventlog.config import ConfigError, Settings, load_settings, unknown_variables
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "eventlog.toml"
 
@@ -82,6 +83,41 @@ def test_bad_text_in_an_environment_variable_is_a_config_error_naming_the_variab
     """EVENTLOG_PORT=abc names EVENTLOG_PORT, the thing the user has to fix."""
     with pytest.raises(ConfigError, match="EVENTLOG_PORT"):
         load_settings(env={"EVENTLOG_PORT": "abc"})
+
+
+def test_a_flag_wins_over_bad_text_in_its_environment_variable() -> None:
+    """EVENTLOG_PORT=abc with --port given: the variable is never read, so it cannot fail."""
+    assert load_settings(env={"EVENTLOG_PORT": "abc"}, overrides={"port": 18555}).port == 18555
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_resembles() -> None:
+    """EVENTLOG_WRITE_TOKEN (no S) is reported with EVENTLOG_WRITE_TOKENS as the likely intent."""
+    assert unknown_variables({"EVENTLOG_WRITE_TOKEN": "secret", "EVENTLOG_PORT": "1"}) == [
+        "EVENTLOG_WRITE_TOKEN is not an eventlog setting and is ignored; "
+        "did you mean EVENTLOG_WRITE_TOKENS?"
+    ]
+
+
+def test_an_unknown_variable_like_no_setting_is_named_without_a_guess() -> None:
+    """A variable resembling nothing is still reported, with no suggestion."""
+    assert unknown_variables({"EVENTLOG_ZZZ": "1"}) == [
+        "EVENTLOG_ZZZ is not an eventlog setting and is ignored"
+    ]
+
+
+def test_settings_and_the_variables_read_on_purpose_are_not_reported() -> None:
+    """Every setting's variable, EVENTLOG_CONFIG, EVENTLOG_TOKEN and the test switches pass;
+    variables of other programs are not looked at."""
+    env = {f"EVENTLOG_{a.name.upper()}": "x" for a in attrs.fields(Settings)} | {
+        "EVENTLOG_CONFIG": "x",
+        "EVENTLOG_TOKEN": "x",
+        "EVENTLOG_REQUIRE_PG": "1",
+        "EVENTLOG_REQUIRE_BROWSER": "1",
+        "EVENTLOG_TEST_PG_DSN": "x",
+        "PATH": "/bin",
+        "XEVENTLOG_PORT": "1",
+    }
+    assert unknown_variables(env) == []
 
 
 def test_numbers_in_environment_variables_are_read_as_numbers() -> None:

@@ -260,9 +260,11 @@ class PostgresStore(EventStore):
         pool_max: int = 10,
         connect_timeout: float = 5.0,
         command_timeout: float = 30.0,
+        read_only: bool = False,
     ) -> None:
         self.dsn = dsn
         self._sql = _event_sql(self.events_table)
+        self._read_only = read_only
         self._pool_min = pool_min
         self._pool_max = pool_max
         self._connect_timeout = connect_timeout
@@ -300,6 +302,8 @@ class PostgresStore(EventStore):
                     "plan_cache_mode": "force_custom_plan",
                     # An acknowledged event must survive a crash, whatever the server's default.
                     "synchronous_commit": "on",
+                    # A reader (eventlog export) cannot change the database, even by mistake.
+                    **({"default_transaction_read_only": "on"} if self._read_only else {}),
                 },
             )
 

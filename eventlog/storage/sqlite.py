@@ -11,6 +11,7 @@ import resource
 import shutil
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -253,7 +254,14 @@ class SqliteStore(EventStore):
     # go into the next one together, so the thread commits whatever is waiting.
     write_concurrency = 8
 
-    def __init__(self, dsn: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        read_only: bool = False,
+    ):
         if not dsn.startswith("sqlite:///"):
             raise ValueError(
                 "a SQLite DSN looks like sqlite:///relative/path.db or sqlite:////abs.db"
@@ -264,6 +272,7 @@ class SqliteStore(EventStore):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self._busy_timeout_ms = busy_timeout_ms
         self._sql = _event_sql(self.events_table)
+        self._read_only = read_only
         self._thread: threading.Thread | None = None
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._writer: sqlite3.Connection | None = None
@@ -336,6 +345,8 @@ class SqliteStore(EventStore):
                 return
 
     async def open(self) -> None:
+        if self._read_only:
+            return await self._open_read_only()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._calls = queue.SimpleQueue()
@@ -351,6 +362,19 @@ class SqliteStore(EventStore):
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
         except StoreError as e:
+            await self.close()
+            raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
+
+    async def _open_read_only(self) -> None:
+        """Only a reader, on a file that must exist: sqlite3 would create a missing one, and a
+        reader has no business leaving an empty database behind. Writes fail: not open."""
+        if not self.path.is_file():
+            raise StoreUnavailable(f"no SQLite file at {self.path}")
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            self._reader = await _connect_reader(uri, uri=True)
+            await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        except sqlite3.Error as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import pytest
 
+from eventlog import EventConflict
 from eventlog.log import EventLog
 from eventlog.storage.registry import store_from_settings
 from eventlog.web import create_app
@@ -54,6 +55,15 @@ def envelope(i: int, **extra) -> dict:
 def ndjson(items) -> bytes:
     """Items as NDJSON lines."""
     return b"".join(json.dumps(i).encode() + b"\n" for i in items)
+
+
+async def post_in_form(client, form: str, items: list):
+    """POST the items as a batch in one form: NoETL's object (execution 900), array, NDJSON."""
+    if form == "noetl":
+        return await client.post("/api/events/batch", json={"execution_id": 900, "events": items})
+    if form == "array":
+        return await client.post("/api/events/batch", json=items)
+    return await client.post("/api/events/batch", data=ndjson(items), headers=NDJSON)
 
 
 async def events_of(client, execution_id) -> list[dict]:
@@ -145,12 +155,7 @@ async def test_bad_items_are_all_named_and_nothing_is_stored(client, form, paths
         "junk",
         envelope(5),
     ]
-    if form == "noetl":
-        reply = await client.post("/api/events/batch", json={"execution_id": 900, "events": items})
-    elif form == "array":
-        reply = await client.post("/api/events/batch", json=items)
-    else:
-        reply = await client.post("/api/events/batch", data=ndjson(items), headers=NDJSON)
+    reply = await post_in_form(client, form, items)
     doc = await problem(reply, 422, "invalid_envelope")
     assert [e["path"] for e in doc["errors"]] == paths
     assert await events_of(client, 900) == []
@@ -189,6 +194,39 @@ async def test_batch_with_a_conflicting_item_is_409_and_stores_nothing(client):
     )
     await problem(reply, 409, "event_conflict")
     assert [e["event_id"] for e in await events_of(client, 900)] == ["1002"]
+
+
+@pytest.mark.parametrize(
+    ("form", "first", "second"),
+    [
+        ("noetl", "$.events[0]", "$.events[2]"),
+        ("array", "$[0]", "$[2]"),
+        ("ndjson", "line 1", "line 3"),
+    ],
+)
+async def test_two_items_with_one_key_and_other_content_are_named_in_the_409(
+    client, form, first, second
+):
+    """Items 0 and 2 share a key but not a step: 409 naming both at their wire paths, saying
+    nothing was stored (not that an event is already stored), and nothing is stored."""
+    items = [envelope(1), envelope(2), envelope(1, step="other")]
+    reply = await post_in_form(client, form, items)
+    doc = await problem(reply, 409, "event_conflict")
+    assert doc["detail"].startswith(f"{first} and {second} carry the same execution_id and")
+    assert "nothing was stored" in doc["detail"]
+    assert "already stored" not in doc["detail"]
+    assert doc["errors"] == [
+        {"path": second, "message": f"has the execution_id and event_id of {first}, other content"}
+    ]
+    assert await events_of(client, 900) == []
+
+
+async def test_a_library_batch_with_one_key_twice_names_both_items(event_log):
+    """append_batch: the same rule, the items named by their index in the list."""
+    with pytest.raises(EventConflict) as raised:
+        await event_log.append_batch([envelope(5), envelope(5, payload={"x": 1})])
+    assert raised.value.detail.startswith("$[0] and $[1] carry the same")
+    assert [e.path for e in raised.value.errors or []] == ["$[1]"]
 
 
 async def test_repeated_item_within_one_batch_is_stored_once(client):

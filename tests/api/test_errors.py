@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import secrets
+import sqlite3
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -15,7 +16,9 @@ import pytest
 
 from eventlog.config import Settings
 from eventlog.log import EventLog
+from eventlog.problems import DB_UNAVAILABLE_DETAIL
 from eventlog.storage.registry import store_from_settings
+from eventlog.storage.sqlite import SqliteStore
 from eventlog.web import create_app
 
 from .helpers import CONTRACT_BODIES
@@ -218,8 +221,11 @@ class _Proxy:
         await self.server.wait_closed()
 
 
-async def test_unreachable_database_is_503_with_retry_after(aiohttp_client, pg_database_dsn):
-    """PostgreSQL gone mid-run: writes and reads answer 503 db_unavailable quickly, never hang."""
+async def test_unreachable_database_is_503_with_retry_after(
+    aiohttp_client, pg_database_dsn, caplog
+):
+    """PostgreSQL gone mid-run: writes and reads answer 503 db_unavailable quickly, never hang;
+    the replies carry one fixed sentence, the driver's text (with host:port) goes to the log."""
     parts = urlsplit(pg_database_dsn)
     proxy = _Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     port = await proxy.start()
@@ -235,9 +241,37 @@ async def test_unreachable_database_is_503_with_retry_after(aiohttp_client, pg_d
     assert reply.status == 200
     await proxy.cut()
     reply = await asyncio.wait_for(client.post("/api/events", json=MINIMAL), timeout=10)
-    await problem(reply, 503, "db_unavailable")
+    write = await problem(reply, 503, "db_unavailable")
     assert int(reply.headers["Retry-After"]) >= 1
     reply = await asyncio.wait_for(client.get("/api/events/1"), timeout=10)
-    await problem(reply, 503, "db_unavailable")
+    read = await problem(reply, 503, "db_unavailable")
+    assert write["detail"] == read["detail"] == DB_UNAVAILABLE_DETAIL
+    causes = [r.getMessage() for r in caplog.records if "reads answer 503" in r.getMessage()]
+    assert len(causes) == 1 and str(port) in causes[0]
     await problem(await client.get("/ready"), 503, "db_unavailable")
     assert (await client.get("/health")).status == 200  # alive, though not ready
+
+
+async def test_a_locked_sqlite_file_is_503_without_its_path_in_the_reply(
+    aiohttp_client, tmp_path, caplog
+):
+    """A SQLite file another process holds locked: the write is 503 with the fixed sentence;
+    the file's path and SQLite's message are in the log only."""
+    path = tmp_path / "locked-events.db"
+    settings = Settings(dsn=f"sqlite:///{path}")
+    event_log = EventLog(settings, store=SqliteStore(settings.dsn, busy_timeout_ms=50))
+    async with event_log:
+        client = await aiohttp_client(create_app(settings, event_log=event_log))
+        assert (await client.post("/api/events", json=MINIMAL)).status == 200
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            doc = await problem(
+                await client.post("/api/events", json=MINIMAL), 503, "db_unavailable"
+            )
+        finally:
+            holder.close()
+    assert doc["detail"] == DB_UNAVAILABLE_DETAIL
+    assert str(path) not in json.dumps(doc) and "locked" not in json.dumps(doc)
+    logged = [r.getMessage() for r in caplog.records if "writes answer 503" in r.getMessage()]
+    assert len(logged) == 1 and str(path) in logged[0] and "locked" in logged[0]

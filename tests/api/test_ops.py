@@ -145,16 +145,17 @@ def auth_settings(settings):  # type: ignore[no-untyped-def]
 async def test_probes_and_metrics_stay_open_and_the_list_is_configurable(
     aiohttp_client, auth_settings
 ):
-    """With tokens required, /health, /ready and /metrics answer without one by default; a
-    shorter open_paths closes the others; a read token opens them again."""
+    """With tokens required, /health, /ready, /metrics and the OpenAPI document answer without
+    one by default; a shorter open_paths closes the others; a read token opens them again."""
     client = await aiohttp_client(create_app(auth_settings))
-    for path in ("/health", "/ready", "/metrics"):
+    for path in ("/health", "/ready", "/metrics", "/api/openapi.json"):
         assert (await client.get(path)).status == 200, path
     await problem(await client.get("/api/events"), 401, "unauthorized")
     closed = await aiohttp_client(create_app(attrs.evolve(auth_settings, open_paths=["/health"])))
     assert (await closed.get("/health")).status == 200
     await problem(await closed.get("/metrics"), 401, "unauthorized")
     await problem(await closed.get("/ready"), 401, "unauthorized")
+    await problem(await closed.get("/api/openapi.json"), 401, "unauthorized")
     reader = {"Authorization": "Bearer r-secret"}
     assert (await closed.get("/metrics", headers=reader)).status == 200
 
@@ -167,6 +168,7 @@ async def test_open_paths_hold_under_a_mount_prefix_and_nothing_else_opens(
     host.add_subapp("/events", create_app(auth_settings))
     client = await aiohttp_client(host)
     assert (await client.get("/events/health")).status == 200
+    assert (await client.get("/events/api/openapi.json")).status == 200
     await problem(await client.get("/events/api/events"), 401, "unauthorized")
     await problem(await client.post("/events/api/events", json=BODY), 401, "unauthorized")
 

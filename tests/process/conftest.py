@@ -148,10 +148,12 @@ class Cli:
         env: Mapping[str, str] | None = None,
         command: Sequence[str] | None = None,
         timeout: float = 30.0,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*(command or [sys.executable, "-m", "eventlog"]), *args],
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             capture_output=True,
             text=True,
             env=clean_env(env),
