@@ -229,33 +229,32 @@ def _finite(moment: datetime, name: str) -> None:
         raise ValueError(f"{name} is not a finite instant")
 
 
+def _read_rows(
+    rows: Iterable[Row], make: Callable[[Row], Any], instants: tuple[str, str], execution: bool
+) -> list[Any]:
+    """Rows made into models, each of whose ``instants`` must be finite; UnreadableRow at the
+    first row that cannot be rendered, carrying the ones read before it."""
+    made: list[Any] = []
+    for row in rows:
+        try:
+            item = make(row)
+            for name in instants:
+                _finite(getattr(item, name), name)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise UnreadableRow(row, str(e) or type(e).__name__, made, execution=execution) from e
+        made.append(item)
+    return made
+
+
 def read_events(rows: Iterable[Row], decode: Callable[[Row], Event]) -> list[Event]:
     """Events from rows (``decode`` is the backend's row mapping); UnreadableRow at the first
     one that cannot be rendered."""
-    events: list[Event] = []
-    for row in rows:
-        try:
-            event = decode(row)
-            _finite(event.created_at, "created_at")
-            _finite(event.ingested_at, "ingested_at")
-        except (ValueError, TypeError, OverflowError) as e:
-            raise UnreadableRow(row, str(e) or type(e).__name__, events) from e
-        events.append(event)
-    return events
+    return _read_rows(rows, decode, ("created_at", "ingested_at"), execution=False)
 
 
 def read_executions(rows: Iterable[Row], make: Callable[[Row], Execution]) -> list[Execution]:
     """Execution summaries from rows; UnreadableRow at the first that cannot be rendered."""
-    found: list[Execution] = []
-    for row in rows:
-        try:
-            execution = make(row)
-            _finite(execution.first_event_at, "first_event_at")
-            _finite(execution.last_event_at, "last_event_at")
-        except (ValueError, TypeError, OverflowError) as e:
-            raise UnreadableRow(row, str(e) or type(e).__name__, found, execution=True) from e
-        found.append(execution)
-    return found
+    return _read_rows(rows, make, ("first_event_at", "last_event_at"), execution=True)
 
 
 def load_migrations(backend: str) -> list[Migration]:
