@@ -266,6 +266,27 @@ def in_child(generator: str, spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its descendants still running
+    (the workers of `serve --workers`): what a request costs, whatever the machine's noise."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+# The server process listening on each port, for its CPU time per request.
+SERVER_PIDS: dict[int, int] = {}
+
+
 def wrk_drive(spec: dict[str, Any], work: Path) -> dict[str, Any]:
     """One closed-loop run with wrk (one thread: the other core is the server's)."""
     script = work / f"wrk-{spec['run']}.lua"
@@ -279,10 +300,14 @@ def wrk_drive(spec: dict[str, Any], work: Path) -> dict[str, Any]:
         warmup = max(1, round(spec["warmup"]))  # wrk takes whole seconds
         subprocess.run([*base, f"-d{warmup}s", url], capture_output=True, check=True)
     seconds = max(1, round(spec["duration"]))
+    pid = SERVER_PIDS.get(spec["port"])
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run([*base, f"-d{seconds}s", url], capture_output=True, text=True, check=True)
+    cpu = cpu_seconds(pid) - cpu_before if pid else None
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     bad = summary["non2xx"] + summary["errors"]
     return {
+        "cpu": cpu,
         "requests": summary["requests"] - bad,
         "statuses": {"200": summary["requests"] - bad, "599": bad}
         if bad
@@ -356,6 +381,7 @@ class Server:
 def start_bare(work: Path) -> tuple[Server, int]:
     port = free_port()
     server = Server([PYTHON, __file__, "bare-server", "--port", str(port)], work / "bare.log")
+    SERVER_PIDS[port] = server.proc.pid
     return server, port
 
 
@@ -370,6 +396,7 @@ def start_eventlog(
     server = Server(
         argv, work / f"{name}.log", listening=workers, access_log="on" if access_log else "off"
     )
+    SERVER_PIDS[port] = server.proc.pid
     return server, port
 
 
@@ -398,7 +425,10 @@ def drive(
         result = wrk_drive(spec, opts.work)
     else:
         result = in_child("loadgen", spec)
-    result["events_per_s"] = result["requests"] * max(batch, 1) / result["seconds"]
+    events = result["requests"] * max(batch, 1)
+    result["events_per_s"] = events / result["seconds"]
+    if result.get("cpu") is not None and events:
+        result["cpu_us"] = result["cpu"] * 1e6 / events
     return result
 
 
@@ -546,6 +576,13 @@ def summary(
             r["events_per_s"] / b["events_per_s"] for r, b in zip(results, baselines, strict=True)
         )
         best["baseline"] = statistics.median(b["events_per_s"] for b in baselines)
+        if all(r.get("cpu_us") for r in results + baselines):
+            best["cpu_ratio"] = statistics.median(
+                b["cpu_us"] / r["cpu_us"] for r, b in zip(results, baselines, strict=True)
+            )
+    cpu = [r["cpu_us"] for r in results if r.get("cpu_us")]
+    if cpu:
+        best["cpu_us"] = statistics.median(cpu)
     return best
 
 
@@ -767,6 +804,8 @@ def row(
         "baseline": baseline,
         "baseline_eps": result.get("baseline"),
         "ratio": result.get("ratio"),
+        "cpu_us": result.get("cpu_us"),
+        "cpu_ratio": result.get("cpu_ratio"),
         "target": target,
         "non200": bad,
     }
@@ -783,9 +822,9 @@ def print_table(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
     )
     print()
     print(
-        "| scenario | store | load | events/s | p50 ms | p99 ms | peak RSS MB | baseline | baseline events/s | ratio | target |"
+        "| scenario | store | load | events/s | p50 ms | p99 ms | peak RSS MB | CPU µs/event | baseline | baseline events/s | ratio | CPU ratio | target |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
     for r in rows:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.0%}"
         target = "-"
@@ -802,12 +841,20 @@ def print_table(rows: list[dict[str, Any]], opts: argparse.Namespace) -> None:
         rss = "-" if r["rss"] is None else f"{r['rss']:.0f}"
         base = "-" if r["baseline_eps"] is None else f"{r['baseline_eps']:,.0f}"
         errors = f" ({r['non200']} non-200)" if r["non200"] else ""
+        cpu = "-" if r["cpu_us"] is None else f"{r['cpu_us']:.0f}"
+        cpu_ratio = "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.0%}"
         print(
             f"| {r['name']} | {r['backend']} | {r['load']} | {r['eps']:,.0f}{errors} | {ms(r['p50'])} | "
-            f"{ms(r['p99'])} | {rss} | {r['baseline'] or '-'} | {base} | {ratio} | {target} |"
+            f"{ms(r['p99'])} | {rss} | {cpu} | {r['baseline'] or '-'} | {base} | {ratio} | "
+            f"{cpu_ratio} | {target} |"
         )
     peak = max((r["rss"] for r in rows if r["rss"] is not None), default=0)
     print()
+    print(
+        "CPU µs/event: user + system CPU of the server's processes (PostgreSQL's own not "
+        "included) per event in the measured runs; CPU ratio: the baseline's CPU per event over "
+        "eventlog's, paired like the ratio. It hardly moves with the machine's other load."
+    )
     print(
         f"server peak RSS over the whole run: {peak:.0f} MB (target ≤ 150 MB: {'met' if peak <= 150 else 'MISSED'})"
     )
