@@ -99,6 +99,7 @@ class Execution:
         plan.reverse()  # popped from the end
         self.plan = plan
         self.command = rng.getrandbits(62)
+        self.fresh = True  # nothing reported yet: no summary to read
 
 
 class Workload:
@@ -108,7 +109,7 @@ class Workload:
         self.rng = random.Random(seed)
         self.next_execution = 600_000_000_000_000_000 + seed * 10**12
         self.active = [self._start() for _ in range(active)]
-        self.executions: list[int] = [e.execution_id for e in self.active]
+        self.executions: list[int] = []  # those with an event, in the order of their first
         self.count = 0
         self.rare = 0
         self.event_ids = 0
@@ -123,6 +124,9 @@ class Workload:
         slot = rng.randrange(len(self.active))
         run = self.active[slot]
         self.count += 1
+        if run.fresh:
+            run.fresh = False
+            self.executions.append(run.execution_id)
         if self.count % RARE_EVERY == RARE_EVERY // 2:
             step, event_type = "start", RARE_TYPE
             self.rare += 1
@@ -130,7 +134,6 @@ class Workload:
             step, event_type = run.plan.pop()
             if not run.plan:
                 self.active[slot] = self._start()
-                self.executions.append(self.active[slot].execution_id)
         payload = self._payload(event_type, step)
         meta = {"command_id": str(run.command + len(run.plan)), "attempt": 1,
                 "trace_id": f"{rng.getrandbits(128):032x}"}  # fmt: skip
