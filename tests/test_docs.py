@@ -44,3 +44,15 @@ def test_the_readme_links_the_envelope_reference() -> None:
     links = _relative_links(ROOT / "README.md")
     assert "docs/envelope.md" in links
     assert any(link.startswith("docs/envelope.md#") for link in links)
+
+
+def test_every_eventlog_variable_in_the_readmes_examples_is_read() -> None:
+    """Each EVENTLOG_* variable the README's code blocks set (shell sessions, the unit file, the
+    compose file) is a setting or a variable eventlog reads: a copied example never sets one
+    that is ignored. (The prose names a misspelt one on purpose, to show the warning.)"""
+    from eventlog.config import unknown_variables
+
+    blocks = "".join(_FENCE.findall((ROOT / "README.md").read_text(encoding="utf-8")))
+    named = set(re.findall(r"\bEVENTLOG_[A-Z0-9_]*[A-Z0-9]\b", blocks))
+    assert {"EVENTLOG_DSN", "EVENTLOG_PG_POOL_MAX"} <= named  # the deployment examples are read
+    assert unknown_variables(dict.fromkeys(named, "")) == []

@@ -1,0 +1,102 @@
+"""scripts/scale.py, run with tiny numbers, loads what it is asked and prints every figure."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from .conftest import clean_env
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parents[2]
+LATENCY = r"p50 +\d+\.\d\d ms +p99 +\d+\.\d\d ms +\(n=\d+\)"
+FIGURES = [
+    "single append",
+    "execution page",
+    "execution summary",
+    "feed event_type=<none>",
+    "feed step=<none>",
+    "feed status=<none>",
+    "feed worker_id=<none>",
+    "feed execution_id+event_type=<none>",
+]
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(kind, DSN) of an empty store: a SQLite file, or a schema of the run's PostgreSQL."""
+    if request.param == "sqlite":
+        yield "sqlite", f"sqlite:///{tmp_path}/scale.db"
+        return
+    database = request.getfixturevalue("pg_database_dsn")
+    schema = f"scale_{secrets.token_hex(4)}"
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(database)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(sql(f"CREATE SCHEMA {schema}"))
+    try:
+        yield "pg", f"{database}?search_path={schema}"
+    finally:
+        asyncio.run(sql(f"DROP SCHEMA {schema} CASCADE"))
+
+
+def purge_available() -> bool:
+    """Whether this version has `eventlog purge` (the script measures it only then)."""
+    argv = [sys.executable, "-m", "eventlog", "purge", "--help"]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def test_tiny_run_prints_every_figure_at_every_checkpoint(store):
+    """3,000 events with checkpoints at 1,000 and 3,000: both checkpoints are reached, each
+    prints the ingest rate, every latency figure with its median and p99, the size per million
+    and the purge (or that there is none), and the comparison table has a row per figure."""
+    kind, dsn = store
+    argv = [sys.executable, "scripts/scale.py", "--store", kind, "--dsn", dsn]
+    argv += ["--events", "3000", "--checkpoints", "1000,3000", "--batch", "250"]
+    argv += ["--samples", "8", "--budget", "1", "--progress", "1"]
+    done = subprocess.run(
+        argv, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600, check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "ingest through POST /api/events/batch" in out
+    for loaded in ("1,000", "3,000"):
+        assert f"--- checkpoint: {loaded} events loaded" in out, out
+    lines = [line for line in out.splitlines() if line.startswith(f"[{kind}]")]
+    assert len(re.findall(r"ingest rate +[\d,]+ events/s", out)) == 2, out
+    for name in FIGURES:
+        found = [line for line in lines if re.search(re.escape(name) + " +" + LATENCY, line)]
+        assert len(found) == 2, (name, out)
+    assert len(re.findall(r"feed event_type=<\d+ of them> +" + LATENCY, out)) == 2, out
+    assert len(re.findall(r"database size +[\d,.]+ MiB, [\d,.]+ MiB per million events", out)) == 2
+    if purge_available():
+        removed = [
+            int(n.replace(",", "")) for n in re.findall(r"purge 10% .* for ([\d,]+) events", out)
+        ]
+        assert len(removed) == 2 and all(n > 0 for n in removed), out
+    else:
+        assert out.count("purge: not available") == 2, out
+    table = out[out.index("| figure |") :]
+    for row in (
+        "ingest rate",
+        "single append p99",
+        "execution page p50",
+        "size per million events",
+    ):
+        assert re.search(
+            rf"\| {row} \| \S+ \| [\d,.]+ \| [\d,.]+ \| \d+\.\d\d \| (YES|no) \|", table
+        )
