@@ -289,6 +289,10 @@ class EventLog:
         except StoreError as e:
             raise _unavailable(e) from e
 
+    async def head(self) -> int:
+        """The highest seq the reads hold."""
+        return await self._reading(self.store.head)
+
     async def reach(self, min_seq: int | None) -> None:
         """Return once reads see every event up to seq ``min_seq`` (read-your-writes: a write
         reply's Eventlog-Seq), waiting up to ``min_seq_wait`` seconds for a replica to replay
@@ -299,7 +303,7 @@ class EventLog:
         deadline = loop.time() + self.settings.min_seq_wait
         delay = 0.002
         while True:
-            head = await self._reading(self.store.head)
+            head = await self.head()
             if head >= min_seq:
                 return
             left = deadline - loop.time()

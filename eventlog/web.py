@@ -483,6 +483,9 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
     else:
         after = _query_int(request, "after", None, 0, MAX_ID)
     event_log = await _read_at(request)
+    # Once the headers are sent a failing store can only end the stream: ask it first, so a
+    # database (or replica) that is down is a 503 the client can act on.
+    await event_log.head()
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
