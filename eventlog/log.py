@@ -319,7 +319,10 @@ class EventLog:
     async def replica(self) -> ReplicaLag | None:
         """How far the read replica lags behind the writes, or that it does not answer (None
         without one; kept for the metrics); DatabaseUnavailable when the primary does not."""
-        lag = await self._reading(self.store.replica_lag)
+        try:  # (not through _reading: a probe must not mark the reads as working again)
+            lag = await self.store.replica_lag()
+        except StoreError as e:
+            raise _unavailable(e) from e
         self.metrics.replica = lag
         return lag
 
