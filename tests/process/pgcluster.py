@@ -221,6 +221,8 @@ def hot_standby(
     primary: Cluster, what: str, *, prefix: str, settings: Mapping[str, str] | None = None
 ) -> Iterator[Cluster]:
     """A started streaming hot standby of the running ``primary``."""
+    if not (primary.bindir / "pg_basebackup").exists():
+        unavailable(f"no pg_basebackup in {primary.bindir}", what)
     with _cluster(what, prefix, settings) as standby:
         standby.clone(primary)
         standby.start()
