@@ -22,6 +22,7 @@ from .problems import (
     EventConflict,
     FieldError,
     InvalidEnvelope,
+    InvalidParameter,
     NotFound,
     NotYetReplicated,
     Problem,
@@ -296,25 +297,37 @@ class EventLog:
     async def reach(self, min_seq: int | None) -> None:
         """Return once reads see every event up to seq ``min_seq`` (read-your-writes: a write
         reply's Eventlog-Seq), waiting up to ``min_seq_wait`` seconds for a replica to replay
-        it; NotYetReplicated (503) after that. None: return at once."""
+        it; NotYetReplicated (503) after that. InvalidParameter (400) for a seq not committed
+        at all. None: return at once."""
         if min_seq is None or min_seq <= self.hub.last_seq:
             return  # the streams have already read past it from the same store
+        head = await self.head()
+        if head >= min_seq:
+            return
+        # A reply names a seq only once it is committed, so the primary holds every seq a
+        # client was given: one past its head was never given, and waiting would not help.
+        written = await self._reading(self.store.written_head)
+        if min_seq > written:
+            raise InvalidParameter(
+                f"min_seq {min_seq} is past the last seq committed ({written}); pass the "
+                "Eventlog-Seq of a write reply",
+                errors=[FieldError("$query.min_seq", "is past the last seq committed")],
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.min_seq_wait
         delay = 0.002
         while True:
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, 0.05)
             head = await self.head()
             if head >= min_seq:
                 return
-            left = deadline - loop.time()
-            if left <= 0:
+            if loop.time() >= deadline:
                 raise NotYetReplicated(
                     f"reads have reached seq {head}, not min_seq {min_seq}, within "
                     f"{self.settings.min_seq_wait:g} s; retry after the delay in Retry-After",
                     headers={"Retry-After": "1"},
                 )
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 0.05)
 
     async def replica(self) -> ReplicaLag | None:
         """How far the read replica lags behind the writes, or that it does not answer (None

@@ -433,7 +433,7 @@ def _parameters() -> dict[str, Any]:
             {"type": "integer", "minimum": 0, "maximum": MAX_ID},
             "read-your-writes: answer once the reads hold every event up to this seq (a write "
             "reply's Eventlog-Seq), waiting up to min_seq_wait seconds for a read replica; "
-            "503 not_yet_replicated after that",
+            "503 not_yet_replicated after that; 400 past the last seq committed",
         ),
         **{
             f"Filter_{f.name}": _param(

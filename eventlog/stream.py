@@ -144,8 +144,10 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
-            if self._subscribers:
-                await asyncio.sleep(COALESCE)  # let commits close together share one read
+            if self._subscribers or self._replicated:
+                # Let commits close together share one read (a replica's head is read even
+                # with nobody subscribed: the mark moves only by reading it).
+                await asyncio.sleep(COALESCE)
             self._wake.clear()
             if self._stopping:
                 return

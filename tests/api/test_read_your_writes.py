@@ -1,16 +1,10 @@
 """Read-your-writes on one store: every write reply carries the seq it reached (Eventlog-Seq),
-and a read with ?min_seq= is answered once the reads hold that seq, else a 503 that says so.
-(The same against a real hot standby: tests/process/test_replica.py.)"""
+and a read with ?min_seq= is answered once the reads hold that seq; a seq never committed is a
+400. (The wait, and its 503, against a real hot standby: tests/process/test_replica.py.)"""
 
 from __future__ import annotations
 
-import asyncio
-
-import attrs
 import pytest
-
-from eventlog.config import Settings
-from eventlog.web import create_app
 
 from .test_errors import problem
 from .test_read import ev
@@ -22,12 +16,6 @@ READ_PATHS = (
     "/api/executions/{execution_id}/events",
     "/api/events/{event_id}",
 )
-
-
-@pytest.fixture
-def settings(dsn: str) -> Settings:
-    """No wait for a seq the store does not hold: it will not come without another writer."""
-    return Settings(dsn=dsn, min_seq_wait=0)
 
 
 async def test_single_and_batch_replies_carry_the_highest_seq_of_their_events(client):
@@ -76,15 +64,16 @@ async def test_read_with_min_seq_of_a_write_sees_the_write(client, path):
 
 
 @pytest.mark.parametrize("path", [*READ_PATHS, "/api/events/stream"])
-async def test_min_seq_past_what_the_store_holds_is_503_not_yet_replicated(client, path):
-    """A seq the reads do not reach within min_seq_wait: 503, Retry-After, a stable code."""
+async def test_min_seq_past_the_last_committed_seq_is_400_at_once(client, path):
+    """No reply ever named a seq past the log's head: a 400 naming min_seq, not a wait."""
     reply = await client.post("/api/events", json=ev(5, 9))
     beyond = int(reply.headers["Eventlog-Seq"]) + 1
     url = path.format(execution_id=5, event_id=9)
     read = await client.get(url, params={"min_seq": str(beyond)})
-    doc = await problem(read, 503, "not_yet_replicated")
-    assert read.headers["Retry-After"] == "1"
-    assert str(beyond) in doc["detail"]
+    doc = await problem(read, 400, "invalid_parameter")
+    assert doc["errors"] == [
+        {"path": "$query.min_seq", "message": "is past the last seq committed"}
+    ]
 
 
 async def test_min_seq_that_is_not_a_seq_is_400(client):
@@ -92,17 +81,3 @@ async def test_min_seq_that_is_not_a_seq_is_400(client):
     read = await client.get("/api/events", params={"min_seq": "-1"})
     doc = await problem(read, 400, "invalid_parameter")
     assert doc["errors"][0]["path"] == "$query.min_seq"
-
-
-async def test_a_waiting_read_is_answered_when_the_seq_arrives(aiohttp_client, settings):
-    """Within min_seq_wait, a read for a seq not yet committed is answered once it is."""
-    client = await aiohttp_client(create_app(attrs.evolve(settings, min_seq_wait=30.0)))
-    await client.post("/api/events", json=ev(1, 1))
-    waiting = client.get("/api/executions/1/events", params={"min_seq": "2"})
-    read = asyncio.ensure_future(waiting)
-    await asyncio.sleep(0.05)
-    assert not read.done()
-    await client.post("/api/events", json=ev(1, 2))
-    reply = await read
-    assert reply.status == 200
-    assert [e["event_id"] for e in (await reply.json())["events"]] == ["1", "2"]

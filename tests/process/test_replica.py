@@ -324,7 +324,8 @@ async def test_min_seq_the_standby_does_not_reach_in_the_wait_is_503_and_lag_is_
     start, pair
 ):
     """Replay paused: min_seq past the standby is 503 not_yet_replicated with Retry-After,
-    on a page and on a stream; /ready and /metrics report the lag in seq."""
+    on a page and on a stream (past the primary too: 400); /ready and /metrics report the lag
+    in seq."""
     service = await start(min_seq_wait=0.2)
     async with replay_paused(pair):
         reply = await service.post("/api/events/batch", json=[ev(2, 21), ev(2, 22)])
@@ -333,6 +334,9 @@ async def test_min_seq_the_standby_does_not_reach_in_the_wait_is_503_and_lag_is_
             read = await service.get(path, params={"min_seq": seq})
             await _problem(read, 503, "not_yet_replicated")
             assert read.headers["Retry-After"] == "1"
+        # Past the primary's head is no replication lag: never named by a reply, a 400 at once.
+        beyond = await service.get("/api/events", params={"min_seq": str(int(seq) + 1)})
+        await _problem(beyond, 400, "invalid_parameter")
         ready = await (await service.get("/ready")).json()
         assert ready["status"] == "ready"
         assert ready["replica"]["reachable"] is True and int(ready["replica"]["lag_seq"]) >= 2
