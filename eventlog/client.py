@@ -190,10 +190,12 @@ def _invalid_reply(detail: str) -> EventLogError:
 
 @attrs.frozen
 class Receipt:
-    """What `emit` got back: the event's id, and whether the server already had it."""
+    """What `emit` got back: the event's id, whether the server already had it, and its seq
+    (the reply's Eventlog-Seq: pass it as ``min_seq`` to a read to see this write)."""
 
     event_id: int
     duplicate: bool
+    seq: int | None = None
 
 
 @attrs.frozen
@@ -205,6 +207,7 @@ class BatchReceipt:
     duplicates: tuple[int, ...]
     replayed: bool
     request_id: str
+    seq: int | None = None  # as Receipt.seq: the highest seq among the events
 
 
 # --- Server-Sent Events -------------------------------------------------------------------
@@ -264,6 +267,12 @@ def _generator(node_id: int) -> SnowflakeGenerator:
         if generator is None:
             generator = _GENERATORS[node_id] = SnowflakeGenerator(node_id)
         return generator
+
+
+def _seq(headers: Mapping[str, str]) -> int | None:
+    """A write reply's Eventlog-Seq, when it carries one."""
+    value = headers.get("Eventlog-Seq", "")
+    return int(value) if value.isdigit() else None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -387,6 +396,22 @@ class EventLogClient:
     ) -> Any:
         """One API call, retried as the module docstring says (at most ``attempts`` times,
         when given); the decoded JSON reply."""
+        data, _ = await self._exchange(
+            method, path, params=params, body=body, headers=headers, attempts=attempts
+        )
+        return data
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        attempts: int | None = None,
+    ) -> tuple[Any, Mapping[str, str]]:
+        """As _call, with the reply's headers."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._deadline
         request_headers = {**self._headers, "Accept": "application/json", **(headers or {})}
@@ -408,7 +433,7 @@ class EventLogClient:
                     data = await reply.read()
                     if reply.status < 300:
                         try:
-                            return loads(data)
+                            return loads(data), reply.headers
                         except Problem as e:
                             raise _invalid_reply(f"{method} {path}: {e.detail}") from None
                     error = _error(reply.status, reply.reason, data)
@@ -430,9 +455,9 @@ class EventLogClient:
         body = _envelope_dict(envelope)
         if body.get("event_id") is None:
             body["event_id"] = self._ids.next_id()
-        reply = await self._call("POST", "/api/events", body=dumps(body))
+        reply, headers = await self._exchange("POST", "/api/events", body=dumps(body))
         try:
-            return Receipt(int(reply["event_id"]), reply["duplicate"] is True)
+            return Receipt(int(reply["event_id"]), reply["duplicate"] is True, _seq(headers))
         except (KeyError, TypeError, ValueError):
             raise _invalid_reply(f"POST /api/events answered {reply!r:.200}") from None
 
@@ -443,7 +468,7 @@ class EventLogClient:
         for body, event_id in zip(missing, self._ids.next_ids(len(missing)), strict=True):
             body["event_id"] = event_id
         key = secrets.token_urlsafe(24)
-        reply = await self._call(
+        reply, headers = await self._exchange(
             "POST", "/api/events/batch", body=dumps(bodies), headers={"Idempotency-Key": key}
         )
         try:
@@ -452,15 +477,21 @@ class EventLogClient:
                 tuple(int(i) for i in reply["duplicates"]),
                 reply["duplicate"] is True,
                 str(reply["request_id"]),
+                _seq(headers),
             )
         except (KeyError, TypeError, ValueError):
             raise _invalid_reply(f"POST /api/events/batch answered {reply!r:.200}") from None
 
     # --- reading ---
 
-    async def get(self, event_id: int, *, execution_id: int | None = None) -> dict[str, Any]:
-        """One stored event in the canonical shape (ids as strings)."""
+    async def get(
+        self, event_id: int, *, execution_id: int | None = None, min_seq: int | None = None
+    ) -> dict[str, Any]:
+        """One stored event in the canonical shape (ids as strings); with ``min_seq`` (a
+        receipt's seq), once the service's reads hold that seq."""
         params = {} if execution_id is None else {"execution_id": str(execution_id)}
+        if min_seq is not None:
+            params["min_seq"] = str(int(min_seq))
         event: dict[str, Any] = await self._call(
             "GET", f"/api/events/{int(event_id)}", params=params
         )
@@ -471,10 +502,13 @@ class EventLogClient:
         execution_id: int | None = None,
         after: int | None = None,
         limit: int = 100,
+        *,
+        min_seq: int | None = None,
         **filters: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stored events in seq order, after seq ``after``, fetched ``limit`` per page, until
-        the last page; filters: event_type, step, status, worker_id."""
+        the last page; filters: event_type, step, status, worker_id. With ``min_seq`` (a
+        receipt's seq), the first page is read once the service's reads hold that seq."""
         params = _filters(filters)
         if execution_id is not None and not params:
             path = f"/api/executions/{int(execution_id)}/events"
@@ -485,6 +519,8 @@ class EventLogClient:
                 params["execution_id"] = str(int(execution_id))
         params["limit"] = str(limit)
         cursor = None if after is None else str(after)
+        if min_seq is not None:
+            params["min_seq"] = str(int(min_seq))  # (kept: later pages are already past it)
         while True:
             if cursor is not None:
                 params["after"] = cursor

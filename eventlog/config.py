@@ -70,6 +70,9 @@ class Settings:
     pg_pool_max: int = attrs.field(default=10, validator=_between(1, 1000))
     db_connect_timeout: float = attrs.field(default=5.0, validator=_between(0.1, 600))
     db_command_timeout: float = attrs.field(default=30.0, validator=_between(0.1, 3600))
+    # PostgreSQL only: a hot standby of ``dsn`` that serves the reads. None: reads go to ``dsn``.
+    read_dsn: str | None = None
+    min_seq_wait: float = attrs.field(default=2.0, validator=_between(0, 60))
     shutdown_timeout: float = attrs.field(default=10.0, validator=_between(0, 3600))
     log_level: str = attrs.field(
         default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR")
@@ -168,6 +171,10 @@ def load_settings(
         store_from_settings(settings)  # the store checks its DSN (it opens nothing yet)
     except ValueError as e:
         raise ConfigError(f"dsn {settings.dsn!r}: {e}") from None
+    if settings.read_dsn is not None and not (
+        _scheme(settings.dsn) in _POSTGRES and _scheme(settings.read_dsn) in _POSTGRES
+    ):
+        raise ConfigError("read_dsn is a PostgreSQL hot standby of a PostgreSQL dsn")
     return settings
 
 
@@ -183,6 +190,13 @@ OTHER_VARIABLES = frozenset(
         "EVENTLOG_TEST_PG_DSN",
     }
 )
+
+
+_POSTGRES = frozenset({"postgresql", "postgres"})
+
+
+def _scheme(dsn: str) -> str:
+    return dsn.partition(":")[0].lower()
 
 
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import weakref
@@ -21,13 +22,15 @@ from .problems import (
     EventConflict,
     FieldError,
     InvalidEnvelope,
+    InvalidParameter,
     NotFound,
+    NotYetReplicated,
     Problem,
     UnreadableStoredRow,
     database_unavailable,
 )
 from .storage import base as storage
-from .storage.base import EventStore, Filter, Key, Page, StoreError
+from .storage.base import EventStore, Filter, Key, Page, ReplicaLag, StoreError
 from .storage.registry import store_from_settings
 from .stream import CutOff, Hub, Subscription
 
@@ -270,7 +273,10 @@ class EventLog:
         """Matching events with seq > ``after`` (from this call when None): stored ones first,
         then live ones as they commit, with no gap and no repeat, until the log closes.
         ``async for event in log.subscribe(...)``, or ``async with`` it to end it early."""
-        return LiveEvents(self.hub, Filter(execution_id, **filters), after)
+        try:
+            return LiveEvents(self.hub, Filter(execution_id, **filters), after)
+        except StoreError as e:
+            raise _unavailable(e) from e
 
     def follow(
         self, filter: Filter, after: int | None = None, *, heartbeat: float | None = None
@@ -279,7 +285,59 @@ class EventLog:
         None on each quiet ``heartbeat``, CutOff when the reader falls too far behind.
         Use ``async with log.follow(...) as subscription:``."""
         beat = self.settings.stream_heartbeat if heartbeat is None else heartbeat
-        return self.hub.subscribe(filter, after, heartbeat=beat)
+        try:
+            return self.hub.subscribe(filter, after, heartbeat=beat)
+        except StoreError as e:
+            raise _unavailable(e) from e
+
+    async def head(self) -> int:
+        """The highest seq the reads hold."""
+        return await self._reading(self.store.head)
+
+    async def reach(self, min_seq: int | None) -> None:
+        """Return once reads see every event up to seq ``min_seq`` (read-your-writes: a write
+        reply's Eventlog-Seq), waiting up to ``min_seq_wait`` seconds for a replica to replay
+        it; NotYetReplicated (503) after that. InvalidParameter (400) for a seq not committed
+        at all. None: return at once."""
+        if min_seq is None or min_seq <= self.hub.last_seq:
+            return  # the streams have already read past it from the same store
+        head = await self.head()
+        if head >= min_seq:
+            return
+        # A reply names a seq only once it is committed, so the primary holds every seq a
+        # client was given: one past its head was never given, and waiting would not help.
+        written = await self._reading(self.store.written_head)
+        if min_seq > written:
+            raise InvalidParameter(
+                f"min_seq {min_seq} is past the last seq committed ({written}); pass the "
+                "Eventlog-Seq of a write reply",
+                errors=[FieldError("$query.min_seq", "is past the last seq committed")],
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.min_seq_wait
+        delay = 0.002
+        while True:
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, 0.05)
+            head = await self.head()
+            if head >= min_seq:
+                return
+            if loop.time() >= deadline:
+                raise NotYetReplicated(
+                    f"reads have reached seq {head}, not min_seq {min_seq}, within "
+                    f"{self.settings.min_seq_wait:g} s; retry after the delay in Retry-After",
+                    headers={"Retry-After": "1"},
+                )
+
+    async def replica(self) -> ReplicaLag | None:
+        """How far the read replica lags behind the writes, or that it does not answer (None
+        without one; kept for the metrics); DatabaseUnavailable when the primary does not."""
+        try:  # (not through _reading: a probe must not mark the reads as working again)
+            lag = await self.store.replica_lag()
+        except StoreError as e:
+            raise _unavailable(e) from e
+        self.metrics.replica = lag
+        return lag
 
     async def execution(self, execution_id: int) -> Execution:
         """One execution's summary; NotFound when it has no events."""

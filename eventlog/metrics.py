@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,6 +21,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from .storage.base import ReplicaLag
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # the media type of render()'s text
 
@@ -88,6 +92,7 @@ class Metrics:
         self.commit_events = Histogram(BATCH_BUCKETS)
         self.commit_seconds = Histogram(LATENCY_BUCKETS)
         self._gauges: tuple[Callable[[], float], ...] = (lambda: 0.0,) * 3
+        self.replica: ReplicaLag | None = None  # read at each scrape when there is a replica
         # A registry of its own, not the process-wide default: several logs (tests, a host
         # program with its own metrics) never collide.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -196,3 +201,24 @@ class _Collector(Collector):
             ("eventlog_head_seq", "The highest seq the live streams have seen.", head_seq),
         ):
             yield GaugeMetricFamily(name, doc, value=reading)
+        if m.replica is not None:
+            yield from _replica_gauges(m.replica)
+
+
+def _replica_gauges(lag: ReplicaLag) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "eventlog_replica_up",
+        "1 when the read replica (read_dsn) answered at this scrape, else 0.",
+        value=1.0 if lag.reachable else 0.0,
+    )
+    if lag.reachable:
+        yield GaugeMetricFamily(
+            "eventlog_replica_lag_seq",
+            "Seqs committed on the primary that the read replica has not replayed yet.",
+            value=float(lag.seqs or 0),
+        )
+        yield GaugeMetricFamily(
+            "eventlog_replica_lag_seconds",
+            "Age of the newest commit the replica replayed while it misses any (0 when caught up).",
+            value=lag.seconds or 0.0,
+        )

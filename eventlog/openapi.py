@@ -47,6 +47,7 @@ from .problems import (
     InvalidJson,
     InvalidParameter,
     NotFound,
+    NotYetReplicated,
     Overloaded,
     Problem,
     TooManyEvents,
@@ -378,9 +379,27 @@ def _schemas() -> dict[str, Any]:
             "Every item is durable, committed in one transaction.",
         ),
         "Health": _object({"status": {"const": "ok"}}, "The process serves requests."),
-        "Ready": _object(
-            {"status": {"const": "ready"}}, "The store answers; its schema is current."
-        ),
+        "Ready": {
+            "type": "object",
+            "description": "The store answers; its schema is current. With a read replica "
+            "(read_dsn): its lag, and status degraded while it does not answer (the writes "
+            "work; the reads answer 503).",
+            "properties": {
+                "status": {"enum": ["ready", "degraded"]},
+                "replica": {
+                    "type": "object",
+                    "properties": {
+                        "reachable": {"type": "boolean"},
+                        "lag_seconds": {"type": "number", "minimum": 0},
+                        "lag_seq": _ID_OUT,
+                    },
+                    "required": ["reachable"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["status"],
+            "additionalProperties": False,
+        },
         "Problem": _problem_schema(),
         "ProblemCode": {"enum": sorted(PROBLEMS)},
     }
@@ -408,6 +427,14 @@ def _parameters() -> dict[str, Any]:
         "Limit": _param("limit", "query", limit, "page size"),
         "After": _param("after", "query", after, "a next_cursor: start just past it"),
         "Order": _param("order", "query", {"enum": ["asc", "desc"], "default": "asc"}),
+        "MinSeq": _param(
+            "min_seq",
+            "query",
+            {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+            "read-your-writes: answer once the reads hold every event up to this seq (a write "
+            "reply's Eventlog-Seq), waiting up to min_seq_wait seconds for a read replica; "
+            "503 not_yet_replicated after that; 400 past the last seq committed",
+        ),
         **{
             f"Filter_{f.name}": _param(
                 f.name,
@@ -459,6 +486,12 @@ def _headers() -> dict[str, Any]:
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         },
         "WwwAuthenticate": {"required": True, "schema": {"type": "string"}},
+        "EventlogSeq": {
+            "description": "the highest seq among the request's events (stored now or before); "
+            "pass it as ?min_seq= to a read to see this write. Absent when the request held "
+            "no event.",
+            "schema": {"type": "string", "pattern": decimal_pattern(1, MAX_ID)},
+        },
     }
 
 
@@ -514,7 +547,7 @@ def _reply(
     return {"description": description, "content": {media: {"schema": schema or {}}}}
 
 
-_READ = (InvalidParameter, UnreadableStoredRow, DatabaseUnavailable)
+_READ = (InvalidParameter, UnreadableStoredRow, DatabaseUnavailable, NotYetReplicated)
 _WRITE = (
     InvalidJson,
     EmptyBody,
@@ -663,31 +696,31 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "The feed: the whole log in commit order, filtered, a page at a time",
         {200: _reply("A page", schema=_schema("EventPage"))},
         _READ,
-        ("After", "Limit", "Order", "ExecutionIdQuery", *_FILTERS),
+        ("After", "Limit", "Order", "ExecutionIdQuery", *_FILTERS, "MinSeq"),
     ),
     ("GET", "/api/events/stream"): _Operation(
         "The log as Server-Sent Events (filters as for the feed)",
         {200: _STREAM},
         _READ,
-        ("After", "LastEventId", "ExecutionIdQuery", *_FILTERS),
+        ("After", "LastEventId", "ExecutionIdQuery", *_FILTERS, "MinSeq"),
     ),
     ("GET", "/api/events/{event_id}"): _Operation(
         "One event by id",
         {200: _reply("The event", schema=_schema("Event"))},
         (*_READ, NotFound),
-        ("EventIdPath", "ExecutionIdQuery"),
+        ("EventIdPath", "ExecutionIdQuery", "MinSeq"),
     ),
     ("GET", "/api/executions"): _Operation(
         "Executions by newest activity first",
         {200: _reply("A page", schema=_schema("ExecutionPage"))},
         _READ,
-        ("After", "Limit", "ExecutionStatus"),
+        ("After", "Limit", "ExecutionStatus", "MinSeq"),
     ),
     ("GET", "/api/executions/{execution_id}"): _Operation(
         "One execution at a glance",
         {200: _reply("The execution", schema=_schema("Execution"))},
         (*_READ, NotFound),
-        ("ExecutionIdPath",),
+        ("ExecutionIdPath", "MinSeq"),
     ),
     ("GET", "/api/executions/{execution_id}/events"): _Operation(
         "One execution's events in commit order, a page at a time",
@@ -697,13 +730,13 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
             )
         },
         _READ,
-        ("ExecutionIdPath", "After", "Limit", "Order"),
+        ("ExecutionIdPath", "After", "Limit", "Order", "MinSeq"),
     ),
     ("GET", "/api/executions/{execution_id}/events/stream"): _Operation(
         "One execution's events as Server-Sent Events",
         {200: _STREAM},
         _READ,
-        ("ExecutionIdPath", "After", "LastEventId", *_FILTERS),
+        ("ExecutionIdPath", "After", "LastEventId", *_FILTERS, "MinSeq"),
     ),
     ("GET", "/health"): _Operation(
         "Liveness: the store is not consulted", {200: _reply("Alive", schema=_schema("Health"))}
@@ -785,10 +818,10 @@ def _operation(
         problems.append(InvalidParameter)  # every route refuses a query parameter it lacks
     if auth and not open_path:
         problems += [Unauthorized, Forbidden]
-    responses = {
-        str(code): {**reply, "headers": {"X-Request-ID": _ref("headers", "RequestId")}}
-        for code, reply in spec.replies.items()
-    }
+    headers = {"X-Request-ID": _ref("headers", "RequestId")}
+    if method == "POST":  # the writes
+        headers["Eventlog-Seq"] = _ref("headers", "EventlogSeq")
+    responses = {str(code): {**reply, "headers": headers} for code, reply in spec.replies.items()}
     responses.update(_problem_replies(problems))
     operation: dict[str, Any] = {
         "operationId": operation_id(method, path),

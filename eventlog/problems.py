@@ -86,6 +86,11 @@ InvalidEnvelope = _problem(422, "invalid_envelope", "The event envelope is inval
 UnreadableStoredRow = _problem(502, "unreadable_row", "A stored row cannot be read")
 Overloaded = _problem(503, "overloaded", "The service is overloaded")
 DatabaseUnavailable = _problem(503, "db_unavailable", "The database is unavailable")
+# 503, not 404: the seq was committed (a write reply named it), the store reads come from has
+# not replayed it yet, and a retry after Retry-After will likely find it.
+NotYetReplicated = _problem(
+    503, "not_yet_replicated", "The reads have not yet caught up with the requested seq"
+)
 InternalError = _problem(500, "internal_error", "Internal error")
 
 DB_UNAVAILABLE_DETAIL = "the database is unavailable; retry after the delay given in Retry-After"

@@ -7,6 +7,12 @@ subscriber — rather than trusting what any one writer pushed, so events writte
 processes arrive the same way as our own. Wake-ups come from our writer after each commit,
 from PostgreSQL's LISTEN/NOTIFY for other instances, and from a poll timer, so a lost
 notification only delays.
+
+With a read replica (read_dsn) the hub reads the standby, which replays the primary's commits
+in commit order, so what it sees is still a prefix of the log. The wake-ups still come from
+the primary (our writer, LISTEN there), and carry the seq committed up to: while the standby
+has not replayed that far, the hub reads it again after a short, growing delay. The mark new
+subscribers start from is only ever what the standby showed, never a seq it may not hold yet.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from collections.abc import AsyncIterator
 import attrs
 
 from .envelope import Event
-from .storage.base import EventStore, Filter, Page, StoreError, UnreadableRow
+from .storage.base import EventStore, Filter, Page, StoreError, StoreUnavailable, UnreadableRow
 
 log = logging.getLogger("eventlog.stream")
 
 READ_PAGE = 1000
 COALESCE = 0.02  # seconds a wake-up waits for more commits before reading
+CHASE_FIRST, CHASE_MAX = 0.005, 0.1  # seconds between reads of a replica that is behind
 
 
 class CutOff(Exception):
@@ -66,6 +73,10 @@ class Hub:
         self.closed = False  # stopped: a new subscription ends at once
         self._task: asyncio.Task[None] | None = None
         self._failing = False  # the last read failed (logged once, not once per poll)
+        # A replica shows the log up to its own point: the mark moves only by reading it.
+        self._replicated = store.replicated
+        self._marked = False  # the mark was read from the store (not so while it was down)
+        self._target = 0  # the highest seq known to be committed (from the wake-ups)
 
     @property
     def last_seq(self) -> int:
@@ -78,8 +89,15 @@ class Hub:
         return len(self._subscribers)
 
     async def start(self) -> None:
-        """Start following from the store's current head."""
-        self._last = await self._store.head()
+        """Start following from the store's current head (a replica that does not answer yet
+        is read again by the follower; subscriptions wait for it)."""
+        try:
+            self._last = await self._store.head()
+            self._marked = True
+        except StoreError:
+            if not self._replicated:
+                raise
+            log.warning("stream hub cannot read the replica yet; streams open once it answers")
         with contextlib.suppress(StoreError):
             await self._store.listen(self.notify)
         self._task = asyncio.create_task(self._run(), name="eventlog-hub")
@@ -102,20 +120,34 @@ class Hub:
 
     def notify(self, committed: int | None = None) -> None:
         """Something was committed (up to seq ``committed``, when the caller knows): read the
-        store soon. With nobody subscribed, a known seq just moves the mark, no read needed."""
-        if committed is not None and not self._subscribers:
-            self._last = max(self._last, committed)
-            return
+        store soon. With nobody subscribed, a known seq just moves the mark, no read needed
+        (unless reads go to a replica, which may not hold that seq yet)."""
+        if committed is not None:
+            self._target = max(self._target, committed)
+            if not self._subscribers and not self._replicated:
+                self._last = max(self._last, committed)
+                return
         self._wake.set()
 
+    def _next_wait(self, chase: float) -> float:
+        """Seconds until the next read: soon while a replica is behind what was committed."""
+        if self._replicated and self._last < self._target:
+            return min(chase, self._poll_interval)
+        return self._poll_interval
+
     async def _run(self) -> None:
+        chase = CHASE_FIRST
         while not self._stopping:
+            wait = self._next_wait(chase)
+            chase = min(chase * 2, CHASE_MAX) if wait < self._poll_interval else CHASE_FIRST
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
-            if self._subscribers:
-                await asyncio.sleep(COALESCE)  # let commits close together share one read
+            if self._subscribers or self._replicated:
+                # Let commits close together share one read (a replica's head is read even
+                # with nobody subscribed: the mark moves only by reading it).
+                await asyncio.sleep(COALESCE)
             self._wake.clear()
             if self._stopping:
                 return
@@ -138,6 +170,7 @@ class Hub:
             head = await self._store.head()
             if not self._subscribers:  # (nobody subscribed while we read the head)
                 self._last = max(self._last, head)
+                self._marked = True
                 return
         while not self._stopping:
             try:
@@ -181,7 +214,11 @@ class Hub:
         self, filter: Filter, after: int | None, *, heartbeat: float | None
     ) -> Subscription:
         """A subscription to events matching ``filter`` with seq > ``after`` (from now when
-        None); see Subscription."""
+        None); see Subscription. StoreUnavailable while the store was never read (a replica
+        down since the start): "now" is not known yet."""
+        if not self._marked:
+            self._wake.set()
+            raise StoreUnavailable("the replica has not answered since the start")
         return Subscription(self, filter, after, heartbeat)
 
 

@@ -29,7 +29,7 @@ from .codec import (
 from .config import Settings
 from .envelope import Event
 from .ids import MAX_ID
-from .ingest import Idempotency
+from .ingest import Appended, Idempotency, Receipt
 from .log import EventLog
 from .logs import REQUEST_ID, REQUEST_ID_KEY, request_id
 from .metrics import CONTENT_TYPE
@@ -39,6 +39,7 @@ from .problems import (
     BodyTooLarge,
     FieldError,
     InvalidParameter,
+    Problem,
     TooManyEvents,
     UnsupportedMediaType,
 )
@@ -57,6 +58,8 @@ from .typedefs import (
 log = logging.getLogger("eventlog")
 
 SSE_CACHE_SIZE = 4096
+# The seq a write reached: a reader passes it back as ?min_seq= to see that write.
+SEQ_HEADER = "Eventlog-Seq"
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
@@ -275,7 +278,7 @@ async def post_event(request: web.Request) -> web.Response:
     receipt, appended = await request.app[EVENT_LOG].ingest(
         [envelope], idempotency=idempotency(request, body)
     )
-    return json_response(
+    response = json_response(
         {
             "status": "ok",
             "event_id": str(receipt.event_ids[0]),
@@ -283,6 +286,21 @@ async def post_event(request: web.Request) -> web.Response:
             "duplicate": receipt.replayed or appended[0].duplicate,
         }
     )
+    await _tell_seq(request, response, receipt, appended)
+    return response
+
+
+async def _tell_seq(
+    request: web.Request, response: web.Response, receipt: Receipt, appended: list[Appended]
+) -> None:
+    """Eventlog-Seq: the highest seq among the request's events (stored now or before). A
+    replay's events were committed before its first reply; the primary's head bounds them."""
+    if appended:
+        response.headers[SEQ_HEADER] = str(max(a.event.seq for a in appended))
+    elif receipt.replayed and receipt.event_ids:
+        with contextlib.suppress(StoreError):  # the reply stands without the header
+            head = await request.app[EVENT_LOG].store.written_head()
+            response.headers[SEQ_HEADER] = str(head)
 
 
 def _item_paths(data: Any, lines: list[int] | None, count: int) -> list[str]:
@@ -310,13 +328,13 @@ async def post_batch(request: web.Request) -> web.Response:
             f"the batch holds {len(items)} events; the limit is {settings.max_batch_events}"
         )
     envelopes = structure_batch(data, lines=lines)
-    receipt, _ = await request.app[EVENT_LOG].ingest(
+    receipt, appended = await request.app[EVENT_LOG].ingest(
         envelopes,
         batch=True,
         idempotency=idempotency(request, body),
         paths=_item_paths(data, lines, len(envelopes)),
     )
-    return json_response(
+    response = json_response(
         {
             "status": "ok",
             "request_id": receipt.request_id,
@@ -326,6 +344,15 @@ async def post_batch(request: web.Request) -> web.Response:
             "duplicate": receipt.replayed,
         }
     )
+    await _tell_seq(request, response, receipt, appended)
+    return response
+
+
+async def _read_at(request: web.Request) -> EventLog:
+    """The event log, once its reads hold ?min_seq= (read-your-writes; 503 after the wait)."""
+    event_log = request.app[EVENT_LOG]
+    await event_log.reach(_query_int(request, "min_seq", None, 0, MAX_ID))
+    return event_log
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -333,7 +360,7 @@ async def get_event(request: web.Request) -> web.Response:
     event_id = _id(request.match_info["event_id"], "$path.event_id")
     execution_id = request.query.get("execution_id")
     execution = None if execution_id is None else _id(execution_id, "$query.execution_id", low=1)
-    event = await request.app[EVENT_LOG].get(event_id, execution)
+    event = await (await _read_at(request)).get(event_id, execution)
     return json_response(converter.unstructure(event))
 
 
@@ -373,7 +400,7 @@ async def get_execution_events(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
     after = _query_int(request, "after", None, 0, MAX_ID)
     page = Page(execution_id, after=after, limit=limit + 1, descending=_descending(request))
-    events = await request.app[EVENT_LOG].page(page)
+    events = await (await _read_at(request)).page(page)
     return _page_reply(events, limit, execution_id=str(execution_id))
 
 
@@ -383,7 +410,7 @@ async def get_feed(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
     after = _query_int(request, "after", None, 0, MAX_ID)
     page = _filter(request).page(after=after, limit=limit + 1, descending=_descending(request))
-    return _page_reply(await request.app[EVENT_LOG].page(page), limit)
+    return _page_reply(await (await _read_at(request)).page(page), limit)
 
 
 def _descending(request: web.Request) -> bool:
@@ -401,7 +428,7 @@ async def get_executions(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
     before = _query_int(request, "after", None, 0, MAX_ID)
     status = _text_query(request, "status")
-    found = await request.app[EVENT_LOG].executions(before, limit + 1, status=status)
+    found = await (await _read_at(request)).executions(before, limit + 1, status=status)
     more = len(found) > limit
     found = found[:limit]
     return json_response(
@@ -416,7 +443,7 @@ async def get_execution(request: web.Request) -> web.Response:
     """One execution at a glance; 404 when it has no events."""
     execution_id = _id(request.match_info["execution_id"], "$path.execution_id", low=1)
     return json_response(
-        converter.unstructure(await request.app[EVENT_LOG].execution(execution_id))
+        converter.unstructure(await (await _read_at(request)).execution(execution_id))
     )
 
 
@@ -455,7 +482,10 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
         after: int | None = _id(resume.strip(), "$header.Last-Event-ID")
     else:
         after = _query_int(request, "after", None, 0, MAX_ID)
-    event_log = request.app[EVENT_LOG]
+    event_log = await _read_at(request)
+    # Once the headers are sent a failing store can only end the stream: ask it first, so a
+    # database (or replica) that is down is a 503 the client can act on.
+    await event_log.head()
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -517,12 +547,30 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this event log's metrics."""
-    body = request.app[EVENT_LOG].metrics.render()
+    """Prometheus text exposition of this event log's metrics (a replica's lag read now)."""
+    event_log = request.app[EVENT_LOG]
+    if event_log.store.replicated:
+        with contextlib.suppress(Problem):  # the primary is down: the other metrics still count
+            await event_log.replica()
+    body = event_log.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: 200 when the store answers and its schema is current; 503 problem otherwise."""
-    await request.app[EVENT_LOG].ready()
-    return json_response({"status": "ready"})
+    """Readiness: 200 when the store answers and its schema is current; 503 problem otherwise.
+    With a read replica: its lag, and "degraded" (still 200) while it does not answer, since
+    the writes, which go to the primary, still work (the reads answer 503 meanwhile)."""
+    event_log = request.app[EVENT_LOG]
+    await event_log.ready()
+    if not event_log.store.replicated:
+        return json_response({"status": "ready"})
+    lag = await event_log.replica()
+    assert lag is not None
+    if not lag.reachable:
+        return json_response({"status": "degraded", "replica": {"reachable": False}})
+    return json_response(
+        {
+            "status": "ready",
+            "replica": {"reachable": True, "lag_seconds": lag.seconds, "lag_seq": str(lag.seqs)},
+        }
+    )

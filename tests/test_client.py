@@ -274,6 +274,21 @@ async def test_emit_in_each_dialect_round_trips(server, dialect):
     assert_reads_back(sent, event)
 
 
+async def test_receipts_carry_the_seq_that_min_seq_reads_at(server):
+    """emit and emit_batch return the seq their write reached; get and events take it as
+    min_seq and find the write."""
+    async with EventLogClient(url(server)) as client:
+        one = await client.emit({"execution_id": "8", "event_type": "step.enter", "step": "a"})
+        batch = await client.emit_batch(
+            [{"execution_id": "8", "event_type": "step.exit", "step": "a"}] * 2
+        )
+        event = await client.get(one.event_id, min_seq=one.seq)
+        events = [e async for e in client.events(8, min_seq=batch.seq)]
+    assert one.seq is not None and batch.seq is not None
+    assert event["seq"] == str(one.seq)
+    assert [int(e["seq"]) for e in events] == [one.seq, batch.seq - 1, batch.seq]
+
+
 async def test_emit_takes_an_envelope_object(server):
     """The package's Envelope class is sent with the fields it holds, timestamp included."""
     raw = {
@@ -298,7 +313,7 @@ async def test_emit_again_under_the_minted_id_is_stored_once_and_reported_duplic
         again = await client.emit({**body(1), "event_id": first.event_id})
         other = await client.emit(body(1))
         events = await stored(client, 7)
-    assert again == Receipt(first.event_id, True)
+    assert again == Receipt(first.event_id, True, first.seq)
     assert other.event_id > first.event_id and not other.duplicate
     assert [e["event_id"] for e in events] == [str(first.event_id), str(other.event_id)]
 

@@ -164,3 +164,16 @@ def test_the_shipped_config_file_loads_and_equals_the_defaults() -> None:
     """config/eventlog.toml documents the defaults: loading it changes nothing."""
     assert SHIPPED_CONFIG.is_file(), f"{SHIPPED_CONFIG} is missing"
     assert load_settings(str(SHIPPED_CONFIG), env={}) == Settings()
+
+
+def test_read_dsn_is_a_postgresql_standby_of_a_postgresql_dsn() -> None:
+    """read_dsn comes from the environment like any setting; next to a SQLite dsn, or naming
+    a SQLite file, it stops the program with a message naming it."""
+    pg = "postgresql://postgres@127.0.0.1:5432/events"
+    standby = "postgresql://postgres@127.0.0.1:5433/events"
+    env = {"EVENTLOG_DSN": pg, "EVENTLOG_READ_DSN": standby}
+    assert load_settings(env=env).read_dsn == standby
+    assert load_settings(env={}).read_dsn is None
+    for dsn, read_dsn in (("sqlite:///x.db", standby), (pg, "sqlite:///x.db")):
+        with pytest.raises(ConfigError, match="read_dsn"):
+            load_settings(env={"EVENTLOG_DSN": dsn, "EVENTLOG_READ_DSN": read_dsn})

@@ -205,6 +205,17 @@ def record_from_row(row: Row, moment: Callable[[Any], datetime]) -> IdempotencyR
 
 
 @attrs.frozen
+class ReplicaLag:
+    """How far a read replica is behind: seqs committed but not yet replayed, and the age of
+    the newest commit replayed while any is missing (0 when caught up); both None when the
+    replica does not answer."""
+
+    reachable: bool
+    seconds: float | None = None
+    seqs: int | None = None
+
+
+@attrs.frozen
 class Migration:
     """One versioned schema change, read from ``migrations/<backend>/NNNN_name.sql``."""
 
@@ -492,9 +503,25 @@ class EventStore(abc.ABC):
         """Executions by newest activity first (their last seq), those with last seq < before
         (and this status, when given)."""
 
-    async def listen(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` when another process commits events (where the database can tell;
-        readers poll as well, so a missed call only delays)."""
+    @property
+    def replicated(self) -> bool:
+        """Whether reads go to a replica that may lag behind the writes (head(), page(), get()
+        and the execution reads), rather than to the database written to."""
+        return False
+
+    async def written_head(self) -> int:
+        """The highest seq committed on the database written to (head() where no replica)."""
+        return await self.head()
+
+    async def replica_lag(self) -> ReplicaLag | None:
+        """How far the replica reads lag behind the writes; None without a replica. Raises
+        StoreUnavailable when the database written to does not answer."""
+        return None
+
+    async def listen(self, callback: Callable[[int | None], None]) -> None:
+        """Call ``callback`` when another process commits events, with the seq committed up to
+        when known (where the database can tell; readers poll as well, so a missed call only
+        delays)."""
 
     @classmethod
     @abc.abstractmethod

@@ -28,6 +28,7 @@ from .base import (
     NodeClaimLost,
     NodeHolder,
     Page,
+    ReplicaLag,
     StoreError,
     StoreUnavailable,
     ValueNotStorable,
@@ -81,6 +82,11 @@ class _QuietPoolFloor(logging.Filter):
 _quiet_pool_floor = _QuietPoolFloor()
 
 
+def _seq(payload: str) -> int | None:
+    """The seq a notification announces (committed up to it), when it carries one."""
+    return int(payload) if payload.isdigit() else None
+
+
 def _same(moment: datetime) -> datetime:
     return moment
 
@@ -117,7 +123,8 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestam
                      $5::text[], $6::bigint[], $7::text[])
 ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 """
-_LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+_HEAD = "SELECT last_seq FROM eventlog_head WHERE id = 1"
+_LOCK = _HEAD + " FOR UPDATE"
 _FIND_KEYS = (
     "SELECT key, fingerprint, outcome::text AS outcome, created_at, expires_at "
     "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
@@ -224,7 +231,7 @@ executions_up AS (
          AS d(execution_id, count, first_at, last_at, last_type, last_index, status), head
     ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 )
-SELECT base, at, pg_notify('eventlog', base::text) FROM head
+SELECT base, at, pg_notify('eventlog', (base + (SELECT count(*) FROM input))::text) FROM head
 """,
         # The general case, with the head's row already locked by this transaction (see
         # _write()): seq values follow ${n + 1}, ingested_at is ${n + 2}, the head moves to ${n + 3}.
@@ -261,8 +268,10 @@ class PostgresStore(EventStore):
         connect_timeout: float = 5.0,
         command_timeout: float = 30.0,
         read_only: bool = False,
+        read_dsn: str | None = None,
     ) -> None:
         self.dsn = dsn
+        self.read_dsn = read_dsn
         self._sql = _event_sql(self.events_table)
         self._read_only = read_only
         self._pool_min = pool_min
@@ -270,8 +279,9 @@ class PostgresStore(EventStore):
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self._read_pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
-        self._on_notify: Callable[[], None] | None = None
+        self._on_notify: Callable[[int | None], None] | None = None
         self._relisten: asyncio.Task[None] | None = None
 
     @classmethod
@@ -282,30 +292,38 @@ class PostgresStore(EventStore):
             pool_max=settings.pg_pool_max,
             connect_timeout=settings.db_connect_timeout,
             command_timeout=settings.db_command_timeout,
+            read_dsn=settings.read_dsn,
             **options,
         )
 
     async def open(self) -> None:
         logging.getLogger("asyncpg.pool").addFilter(_quiet_pool_floor)
         with _translated():
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=self._pool_min,
-                max_size=self._pool_max,
-                timeout=self._connect_timeout,
-                command_timeout=self._command_timeout,
-                # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
-                # generic plan made while the table was small (a sequential scan), and keep
-                # it as the table grows: measured, appends fell from 6.3k/s to 2.8k/s within
-                # seconds of starting on an empty database. Planning each time costs less.
-                server_settings={
-                    "plan_cache_mode": "force_custom_plan",
-                    # An acknowledged event must survive a crash, whatever the server's default.
-                    "synchronous_commit": "on",
-                    # A reader (eventlog export) cannot change the database, even by mistake.
-                    **({"default_transaction_read_only": "on"} if self._read_only else {}),
-                },
-            )
+            self._pool = await self._create_pool(self.dsn, self._pool_min, self._read_only)
+            if self.read_dsn is not None:
+                # No connection at start (min 0, grown on demand): a standby that is down
+                # makes reads answer 503, it does not keep the writer from starting.
+                self._read_pool = await self._create_pool(self.read_dsn, 0, True)
+
+    async def _create_pool(self, dsn: str, min_size: int, read_only: bool) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=self._pool_max,
+            timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+            # generic plan made while the table was small (a sequential scan), and keep
+            # it as the table grows: measured, appends fell from 6.3k/s to 2.8k/s within
+            # seconds of starting on an empty database. Planning each time costs less.
+            server_settings={
+                "plan_cache_mode": "force_custom_plan",
+                # An acknowledged event must survive a crash, whatever the server's default.
+                "synchronous_commit": "on",
+                # A reader (eventlog export) cannot change the database, even by mistake.
+                **({"default_transaction_read_only": "on"} if read_only else {}),
+            },
+        )
 
     async def close(self) -> None:
         if self._relisten is not None:
@@ -317,6 +335,9 @@ class PostgresStore(EventStore):
             listener, self._listener = self._listener, None
             with contextlib.suppress(*_UNAVAILABLE):
                 await listener.close()
+        if self._read_pool is not None:
+            read_pool, self._read_pool = self._read_pool, None
+            await read_pool.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -343,7 +364,7 @@ class PostgresStore(EventStore):
                 continue
             log.info("the LISTEN connection is open again after %.1f s", time.monotonic() - lost)
             self._relisten = None
-            self._on_notify()
+            self._on_notify(None)
             return
 
     @property
@@ -351,6 +372,43 @@ class PostgresStore(EventStore):
         if self._pool is None:
             raise StoreUnavailable("the store is not open")
         return self._pool
+
+    @property
+    def reads(self) -> asyncpg.Pool:
+        """The pool reads go to: the standby's when read_dsn is set, else the primary's."""
+        if self.read_dsn is None:
+            return self.pool
+        if self._read_pool is None:
+            raise StoreUnavailable("the store is not open")
+        return self._read_pool
+
+    @property
+    def replicated(self) -> bool:
+        return self.read_dsn is not None
+
+    async def written_head(self) -> int:
+        with _translated():
+            head: int = await self.pool.fetchval(_HEAD)
+        return head
+
+    async def replica_lag(self) -> ReplicaLag | None:
+        if self.read_dsn is None:
+            return None
+        try:
+            with _translated():
+                # The standby first: its head can only be behind a primary head read after it.
+                row = await self.reads.fetchrow(
+                    f"SELECT ({_HEAD}) AS head, "
+                    "extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS behind"
+                )
+        except StoreError:
+            return ReplicaLag(reachable=False)
+        primary = await self.written_head()
+        seqs = max(0, primary - row["head"])
+        # The time since the newest replayed commit is the lag only while something is
+        # missing: an idle primary commits nothing, and the standby is then up to date.
+        seconds = float(row["behind"] or 0.0) if seqs else 0.0
+        return ReplicaLag(True, max(0.0, seconds), seqs)
 
     async def migrate(self) -> list[str]:
         done = []
@@ -485,7 +543,7 @@ class PostgresStore(EventStore):
             sql += " AND execution_id = $2"
             args += (execution_id,)
         with _translated():
-            row = await self.pool.fetchrow(sql + " ORDER BY seq LIMIT 1", *args)
+            row = await self.reads.fetchrow(sql + " ORDER BY seq LIMIT 1", *args)
         return None if row is None else read_events([row], self._sql.event)[0]
 
     async def page(self, page: Page) -> list[Event]:
@@ -496,7 +554,7 @@ class PostgresStore(EventStore):
         )
         order = "DESC" if page.descending else "ASC"
         with _translated():
-            rows = await self.pool.fetch(
+            rows = await self.reads.fetch(
                 f"SELECT {self._sql.columns} FROM events WHERE {where} ORDER BY seq {order} "
                 f"LIMIT ${len(conditions) + 1}",
                 *(value for _, _, value in conditions),
@@ -506,12 +564,12 @@ class PostgresStore(EventStore):
 
     async def head(self) -> int:
         with _translated():
-            head: int = await self.pool.fetchval("SELECT last_seq FROM eventlog_head WHERE id = 1")
+            head: int = await self.reads.fetchval(_HEAD)
         return head
 
     async def execution(self, execution_id: int) -> Execution | None:
         with _translated():
-            row = await self.pool.fetchrow(
+            row = await self.reads.fetchrow(
                 f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1",
                 execution_id,
             )
@@ -523,7 +581,7 @@ class PostgresStore(EventStore):
         chosen = "" if status is None else " AND status = $3"
         args = () if status is None else (status,)
         with _translated():
-            rows = await self.pool.fetch(
+            rows = await self.reads.fetch(
                 f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE last_seq < $1{chosen} "
                 "ORDER BY last_seq DESC LIMIT $2",
                 MAX_ID if before is None else before,
@@ -532,12 +590,14 @@ class PostgresStore(EventStore):
             )
         return read_executions(rows, _execution)
 
-    async def listen(self, callback: Callable[[], None]) -> None:
+    async def listen(self, callback: Callable[[int | None], None]) -> None:
         self._on_notify = callback
         with _translated():
             self._listener = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
             self._listener.add_termination_listener(self._listener_lost)
-            await self._listener.add_listener("eventlog", lambda *_: callback())
+            await self._listener.add_listener(
+                "eventlog", lambda _conn, _pid, _channel, payload: callback(_seq(payload))
+            )
 
     # --- node id claims (appended) ---------------------------------------------------------
 

@@ -45,7 +45,14 @@ async def test_unknown_query_parameter_is_400_naming_it_on_every_route(client, m
 
 async def test_every_documented_query_parameter_is_taken(client):
     """The routes take exactly what the document lists: none of them is refused as unknown."""
-    values = {"after": "0", "limit": "5", "order": "desc", "execution_id": "1", "status": "x"}
+    values = {
+        "after": "0",
+        "limit": "5",
+        "order": "desc",
+        "execution_id": "1",
+        "status": "x",
+        "min_seq": "0",
+    }
     for (method, path), _ in OPERATIONS.items():
         names = query_parameters(method, path)
         if method != "GET" or not names or path.endswith("/stream"):

@@ -18,19 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
-import os
-import pwd
 import re
 import resource
-import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,10 +37,10 @@ import orjson
 import pytest
 
 from .conftest import Server, ServerFactory, clean_env
+from .pgcluster import Cluster, throwaway_cluster
 
 pytestmark = pytest.mark.slow
 
-REQUIRE_PG = os.environ.get("EVENTLOG_REQUIRE_PG") == "1"
 CONNECT_TIMEOUT = 1.0  # db_connect_timeout given to the server
 COMMAND_TIMEOUT = 2.0  # db_command_timeout given to the server
 # A write must be answered within the server's own database timeouts; the margin is for a busy
@@ -394,156 +387,11 @@ def _producers(session: aiohttp.ClientSession, url: str, kind: str) -> list[tupl
 # --- a throwaway PostgreSQL cluster -------------------------------------------------------
 
 
-def _pg_bindir() -> Path | None:
-    """Where initdb and pg_ctl live: pg_config's answer, else the newest Debian-style folder."""
-    candidates = []
-    if shutil.which("pg_config"):
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            out = subprocess.run(
-                ["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            )
-            candidates.append(Path(out.stdout.strip()))
-    candidates += sorted(
-        (Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    if shutil.which("initdb"):
-        candidates.append(Path(shutil.which("initdb")).parent)  # type: ignore[arg-type]
-    for folder in candidates:
-        if (folder / "initdb").exists() and (folder / "pg_ctl").exists():
-            return folder
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """A PostgreSQL cluster in a temporary folder, run as the postgres user when we are root."""
-
-    def __init__(self, bindir: Path, folder: Path, as_user: list[str]) -> None:
-        self.bindir = bindir
-        self.folder = folder
-        self.data = folder / "data"
-        self.log = folder / "postgres.log"
-        self.port = _free_port()
-        self._as_user = as_user
-
-    @property
-    def dsn(self) -> str:
-        """A DSN of the cluster's postgres database over TCP."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str, timeout: float = 60.0) -> None:
-        done = subprocess.run(
-            [*self._as_user, *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if done.returncode != 0:
-            log = self.log.read_text(errors="replace") if self.log.exists() else ""
-            raise AssertionError(
-                f"{' '.join(args)} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}\n"
-                f"server log:\n{log}"
-            )
-
-    def init(self) -> None:
-        """initdb with trust authentication for the postgres user."""
-        self._run(
-            str(self.bindir / "initdb"),
-            *("-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"),
-            *("--locale=C", "--no-sync"),
-        )
-
-    def start(self) -> None:
-        """pg_ctl start, waiting until the server accepts connections."""
-        options = f"-k {self.folder} -p {self.port} -c listen_addresses=127.0.0.1"
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            *("-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60"),
-            "start",
-        )
-
-    def stop(self, mode: str) -> None:
-        """pg_ctl stop -m ``mode``, waiting until the server is gone."""
-        self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"
-        )
-
-    def _pids(self) -> list[int]:
-        """The postmaster, then its children (the backends and helpers)."""
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        children = []
-        for stat in glob.glob("/proc/[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == postmaster:
-                    children.append(int(Path(stat).parent.name))
-        return [postmaster, *children]
-
-    def freeze(self) -> None:
-        """SIGSTOP every process of the cluster: connections open, nothing answers."""
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """SIGCONT every process of the cluster."""
-        for pid in reversed(self._pids()):
-            os.kill(pid, signal.SIGCONT)
-
-    def running(self) -> bool:
-        """Whether the postmaster is up."""
-        return (self.data / "postmaster.pid").exists()
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRE_PG:
-        pytest.fail(
-            f"EVENTLOG_REQUIRE_PG=1 but a throwaway PostgreSQL cluster is impossible: {reason}"
-        )
-    pytest.skip(
-        f"NO THROWAWAY POSTGRESQL CLUSTER ({reason}); the PostgreSQL outage test is SKIPPED"
-    )
-
-
 @pytest.fixture
 def pg_cluster() -> Iterator[Cluster]:
     """A started throwaway cluster, stopped (immediately) and removed however the test ends."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        _unavailable("initdb and pg_ctl not found (pg_config --bindir, /usr/lib/postgresql/*/bin)")
-    as_user: list[str] = []
-    owner = None
-    if os.geteuid() == 0:
-        runuser = shutil.which("runuser")
-        if runuser is None:
-            _unavailable("running as root, and runuser is missing (initdb refuses root)")
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            _unavailable("running as root, and there is no postgres user to run initdb as")
-        as_user = [runuser, "-u", "postgres", "--"]  # type: ignore[list-item]
-    # Not under pytest's tmp_path: its parents are private to root, and postgres must get in.
-    folder = Path(tempfile.mkdtemp(prefix="eventlog-outage-pg-", dir="/tmp"))
-    if owner is not None:
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-    cluster = Cluster(bindir, folder, as_user)  # type: ignore[arg-type]
-    try:
-        cluster.init()
-        cluster.start()
+    with throwaway_cluster("the PostgreSQL outage test", prefix="eventlog-outage-pg-") as cluster:
         yield cluster
-    finally:
-        if cluster.running():
-            with contextlib.suppress(AssertionError, subprocess.SubprocessError):
-                cluster.stop("immediate")
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- following a live stream ----------------------------------------------------------------
