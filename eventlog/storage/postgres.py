@@ -246,6 +246,19 @@ UPDATE eventlog_head SET last_seq = ${n + 3} WHERE id = 1
     )
 
 
+def page_query(page: Page, columns: str) -> tuple[str, list[Any]]:
+    """The statement and arguments that read ``page``; the planner chooses among the filters'
+    indexes from its statistics."""
+    conditions = page.conditions()
+    where = " AND ".join(f"{c} {op} ${i}" for i, (c, op, _) in enumerate(conditions, 1))
+    order = "DESC" if page.descending else "ASC"
+    return (
+        f"SELECT {columns} FROM events WHERE {where or 'true'} ORDER BY seq {order} "
+        f"LIMIT ${len(conditions) + 1}",
+        [*(value for _, _, value in conditions), page.limit],
+    )
+
+
 class PostgresStore(EventStore):
     """Events in PostgreSQL through an asyncpg pool."""
 
@@ -489,19 +502,9 @@ class PostgresStore(EventStore):
         return None if row is None else read_events([row], self._sql.event)[0]
 
     async def page(self, page: Page) -> list[Event]:
-        conditions = page.conditions()
-        where = (
-            " AND ".join(f"{column} {op} ${i}" for i, (column, op, _) in enumerate(conditions, 1))
-            or "true"
-        )
-        order = "DESC" if page.descending else "ASC"
         with _translated():
-            rows = await self.pool.fetch(
-                f"SELECT {self._sql.columns} FROM events WHERE {where} ORDER BY seq {order} "
-                f"LIMIT ${len(conditions) + 1}",
-                *(value for _, _, value in conditions),
-                page.limit,
-            )
+            sql, args = page_query(page, self._sql.columns)
+            rows = await self.pool.fetch(sql, *args)
         return read_events(rows, self._sql.event)
 
     async def head(self) -> int:
