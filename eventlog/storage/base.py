@@ -451,8 +451,13 @@ class EventStore(abc.ABC):
         """Disconnect; safe to call twice."""
 
     @abc.abstractmethod
-    async def migrate(self) -> list[str]:
-        """Apply pending migrations; returns the names applied."""
+    async def migrate(self, progress: Callable[[str], None] | None = None) -> list[str]:
+        """Apply pending migrations; returns the names applied. ``progress`` is told, a line
+        at a time, how a long one goes (default: the log)."""
+
+    async def maintain(self, now: datetime) -> None:
+        """The store's periodic upkeep, run by the service in the background (PostgreSQL:
+        partitions created ahead of ``now``)."""
 
     @abc.abstractmethod
     async def pending_migrations(self) -> list[str]:

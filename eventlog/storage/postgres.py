@@ -16,6 +16,7 @@ import attrs
 
 from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
+from . import partitions
 from .base import (
     CLAIM_COLUMNS,
     EXECUTION_COLUMNS,
@@ -118,6 +119,16 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestam
 ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 """
 _LOCK = "SELECT last_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+_NO_PARTITION = "no partition of relation"
+_COPY_CHUNK_EVENTS = 50_000
+_COPY_CHUNK = """
+WITH moved AS (
+    INSERT INTO events
+    SELECT * FROM events_unpartitioned WHERE seq > $1 ORDER BY seq LIMIT $2
+    RETURNING seq
+)
+SELECT count(*), max(seq) FROM moved
+"""
 _FIND_KEYS = (
     "SELECT key, fingerprint, outcome::text AS outcome, created_at, expires_at "
     "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
@@ -196,8 +207,9 @@ def _event_sql(table: EventTable) -> _EventSql:
         # happens only when none of the keys is stored; the insert takes its seq values from
         # the head. If some key is stored, nothing is written and write() decides again in a
         # transaction of its own. The lookup sees the statement's snapshot, which may predate
-        # a commit made while this statement waited for the lock; such a key fails the insert
-        # with a unique violation, and the same fallback applies.
+        # a commit made while this statement waited for the lock: the head then moved, and
+        # the condition on last_seq, checked again on the row once locked, fails and the same
+        # fallback applies. (The events table, partitioned, has no unique index to catch it.)
         append_if_new=f"""
 WITH input AS (
     SELECT * FROM {unnest}
@@ -205,9 +217,13 @@ WITH input AS (
 stored AS (
     SELECT 1 FROM events e JOIN input i USING (execution_id, event_id) LIMIT 1
 ),
+seen AS (
+    SELECT last_seq FROM eventlog_head WHERE id = 1
+),
 head AS (
     UPDATE eventlog_head SET last_seq = last_seq + (SELECT count(*) FROM input)
     WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM stored)
+      AND last_seq = (SELECT last_seq FROM seen)
     RETURNING last_seq - (SELECT count(*) FROM input) AS base, clock_timestamp() AS at
 ),
 ins AS (
@@ -274,8 +290,10 @@ class PostgresStore(EventStore):
         connect_timeout: float = 5.0,
         command_timeout: float = 30.0,
         read_only: bool = False,
+        partition_days: int = 7,
     ) -> None:
         self.dsn = dsn
+        self.partition_interval = timedelta(days=partition_days)
         self._sql = _event_sql(self.events_table)
         self._read_only = read_only
         self._pool_min = pool_min
@@ -295,6 +313,7 @@ class PostgresStore(EventStore):
             pool_max=settings.pg_pool_max,
             connect_timeout=settings.db_connect_timeout,
             command_timeout=settings.db_command_timeout,
+            partition_days=settings.pg_partition_days,
             **options,
         )
 
@@ -365,7 +384,7 @@ class PostgresStore(EventStore):
             raise StoreUnavailable("the store is not open")
         return self._pool
 
-    async def migrate(self) -> list[str]:
+    async def migrate(self, progress: Callable[[str], None] | None = None) -> list[str]:
         done = []
         with _translated():
             async with self.pool.acquire() as conn:
@@ -384,9 +403,41 @@ class PostgresStore(EventStore):
                                 m.name,
                             )
                         done.append(m.label)
+                    if await partitions.partitioned(conn):
+                        await self._copy_unpartitioned(conn, progress or log.info)
+                        await partitions.ahead(conn, datetime.now(UTC), self.partition_interval)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         return done
+
+    async def _copy_unpartitioned(
+        self, conn: asyncpg.Connection, progress: Callable[[str], None]
+    ) -> None:
+        """Copy the events of a database older than migration 0006 into the partitioned table,
+        a chunk per transaction in seq order, then drop the old table. Resumable: an
+        interrupted copy goes on after the last seq it committed (the service does not start
+        meanwhile, as the schema is not current)."""
+        if await conn.fetchval("SELECT to_regclass('events_unpartitioned')") is None:
+            return
+        total, first, last = await conn.fetchrow(
+            "SELECT count(*), min(ingested_at), max(ingested_at) FROM events_unpartitioned"
+        )
+        copied = await conn.fetchval("SELECT count(*) FROM events")
+        if total:
+            await partitions.cover(conn, first, last, self.partition_interval)
+        after = await conn.fetchval("SELECT COALESCE(max(seq), 0) FROM events")
+        started = time.monotonic()
+        progress(f"copying {total - copied} of {total} events into partitions")
+        while True:
+            async with conn.transaction():
+                count, after_chunk = await conn.fetchrow(_COPY_CHUNK, after, _COPY_CHUNK_EVENTS)
+            if not count:
+                break
+            copied, after = copied + count, after_chunk
+            elapsed = time.monotonic() - started
+            progress(f"copied {copied} of {total} events ({elapsed:.0f} s)")
+        await conn.execute("DROP TABLE events_unpartitioned")
+        progress(f"copied {total} events; the old table is dropped")
 
     @staticmethod
     async def _applied(conn: asyncpg.Connection, *, create: bool) -> set[int]:
@@ -403,13 +454,62 @@ class PostgresStore(EventStore):
         with _translated():
             async with self.pool.acquire() as conn:
                 applied = await self._applied(conn, create=False)
-        return pending(self.backend, applied)
+                copying = await conn.fetchval("SELECT to_regclass('events_unpartitioned')")
+        # An interrupted copy of old events (migration 0006) is still to finish.
+        return pending(self.backend, applied) + (["0006_partitions (copy)"] if copying else [])
+
+    async def list_partitions(self) -> list[partitions.Partition]:
+        """The events table's partitions, oldest first (empty before migration 0006)."""
+        with _translated():
+            async with self.pool.acquire() as conn:
+                return await partitions.partitions(conn)
+
+    async def maintain(self, now: datetime) -> None:
+        with _translated():
+            async with self.pool.acquire() as conn:
+                if await partitions.partitioned(conn):
+                    for name in await partitions.ahead(conn, now, self.partition_interval):
+                        log.info("created partition %s", name)
+
+    async def drop_partitions_before(
+        self, cutoff: datetime, before_drop: partitions.BeforeDrop | None = None
+    ) -> partitions.Removed:
+        """Remove the partitions whose events were all ingested before ``cutoff`` (see
+        partitions.drop_before); the one that straddles it is left for a chunked delete."""
+        with _translated():
+            async with self.pool.acquire() as conn:
+                return await partitions.drop_before(conn, cutoff, before_drop)
 
     async def ping(self) -> None:
         with _translated():
             await self.pool.fetchval("SELECT 1")
 
     async def write(
+        self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
+    ) -> list[Event]:
+        try:
+            return await self._write_once(keys, idempotency_keys, now, decide)
+        except StoreError as e:
+            cause = e.__cause__
+            if not (isinstance(cause, asyncpg.CheckViolationError) and _NO_PARTITION in str(cause)):
+                raise
+        # No partition holds this instant: the upkeep is behind (the service was stopped, or
+        # the clock jumped). Nothing was written; make it, for the database's clock and ours
+        # (each stamps ingested_at on one path), and write again.
+        with _translated():
+            async with self.pool.acquire() as conn:
+                at = await conn.fetchval("SELECT clock_timestamp()")
+                ours = datetime.now(UTC)
+                created = await partitions.cover(
+                    conn,
+                    min(at, ours),
+                    max(at, ours) + self.partition_interval,
+                    self.partition_interval,
+                )
+        log.warning("no partition held the time of a write; created %s", ", ".join(created))
+        return await self._write_once(keys, idempotency_keys, now, decide)
+
+    async def _write_once(
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
         # Bounded as a whole, so the writer answers within the configured timeouts whatever

@@ -568,7 +568,7 @@ class SqliteStore(EventStore):
                 done.append(m.label)
         return done
 
-    async def migrate(self) -> list[str]:
+    async def migrate(self, progress: Callable[[str], None] | None = None) -> list[str]:
         return await self._in_writer(self._migrate_sync)
 
     # --- reads ----------------------------------------------------------------------------

@@ -25,10 +25,13 @@ WORKERS = [None, "w-1", "w-2", "w-3"]
 # A value of each filter that some events hold, and one that none does.
 COMMON = {"event_type": "step.enter", "step": "step3", "status": "RUNNING", "worker_id": "w-3"}
 ABSENT = {"event_type": "no.such", "step": "nowhere", "status": "UNKNOWN", "worker_id": "w-99"}
+# Each filter's index by name (on PostgreSQL, each partition's copy ends with it too).
 INDEX = {
     "sqlite": {f: f"events_{f}" for f in FILTERS},
-    "postgres": {f: f"events_{f}_seq" for f in FILTERS},
+    "postgres": {f: f"{f}_seq" for f in FILTERS},
 }
+# events_execution_seq; a partition's copy is named from its columns: ..._execution_id_seq_idx
+EXECUTION_INDEX = ("execution_seq", "execution_id_seq")
 
 
 @pytest.fixture
@@ -61,6 +64,13 @@ async def _analyze(store: EventStore) -> None:
     if store.backend == "postgres":
         async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
             await conn.execute("ANALYZE events")
+            held = await store.list_partitions()  # type: ignore[attr-defined]
+            full = {
+                r[0]
+                for r in await conn.fetch("SELECT DISTINCT tableoid::regclass::text FROM events")
+            }
+            EMPTY.clear()
+            EMPTY.update(p.name for p in held if p.name not in full)
 
 
 async def plan(store: EventStore, page: Page) -> str:
@@ -81,14 +91,23 @@ async def plan(store: EventStore, page: Page) -> str:
 
 def assert_reads(store: EventStore, text: str, *indexes: str, dense: bool = False) -> None:
     """The plan reads events through one of ``indexes``: never a walk of the table, nor of
-    the log in seq order checking each row, nor a sort of every match. PostgreSQL may walk the
-    log in seq order for a ``dense`` value (most rows match: the page fills at once)."""
+    the log in seq order checking each row, nor (SQLite) a sort of every match. PostgreSQL may walk the
+    log in seq order for a ``dense`` value (most rows match: the page fills at once), scan
+    partitions that hold nothing (made ahead of time), and sort what its indexes yield."""
     if store.backend == "postgres" and dense:
-        indexes += ("events_pkey",)
+        indexes += ("pkey",)
     assert any(index in text for index in indexes), text
-    for walk in ("Seq Scan", "INTEGER PRIMARY KEY", "USE TEMP B-TREE", "Sort"):
+    # PostgreSQL may sort what the indexes yield when partitions made ahead are in the plan.
+    for walk in ("INTEGER PRIMARY KEY", "USE TEMP B-TREE"):
         assert walk not in text, text
+    for line in text.splitlines():
+        if "Seq Scan on" in line:
+            assert line.split("Seq Scan on ")[1].split()[0] in EMPTY, text
     assert "SCAN events" not in text.replace("SCAN events USING", ""), text
+
+
+# Partitions made ahead, which hold no event (filled in by the store fixture).
+EMPTY: set[str] = set()
 
 
 @pytest.mark.parametrize("name", FILTERS)
@@ -117,11 +136,11 @@ async def test_a_filter_within_an_execution_reads_an_index(store, name, value):
     page = Page(execution_id=7, **{name: value[name]}, after=0)
     text = await plan(store, page)
     if store.backend == "sqlite":
-        assert_reads(store, text, "events_execution_seq")
+        assert_reads(store, text, *EXECUTION_INDEX)
     else:
         # BitmapAnd of both, then a sort of the execution's few matches, is also fine.
         if "BitmapAnd" not in text:
-            assert_reads(store, text, "events_execution_seq", INDEX["postgres"][name])
+            assert_reads(store, text, *EXECUTION_INDEX, INDEX["postgres"][name])
     events = await store.page(page)
     assert all(e.execution_id == 7 and getattr(e, name) == value[name] for e in events)
     assert (events != []) == (value is COMMON)
