@@ -22,9 +22,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from filters import load, rare_pages_ms  # noqa: E402
+from filters import NOW, batch, load, rare_pages_ms  # noqa: E402
 
-from eventlog.storage.base import Page, load_migrations  # noqa: E402
+from eventlog.storage.base import Page, WritePlan, load_migrations  # noqa: E402
 from eventlog.storage.postgres import PostgresStore  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -65,6 +65,25 @@ async def prepare(dsn: str, events: int, days: int) -> None:
         await conn.close()
 
 
+async def overlapping(store: PostgresStore, first: int, seconds: float = 5.0) -> float:
+    """Events per second from two writers of 100-event batches at once, as the service's
+    writer keeps two transactions under way."""
+    counter = iter(range(first, first + 10**9, 1000))
+    done = 0
+
+    async def writer() -> None:
+        nonlocal done
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            events = batch(next(counter))[:100]
+            await store.write([], [], NOW, lambda *_, events=events: WritePlan(events))
+            done += len(events)
+
+    started = time.perf_counter()
+    await asyncio.gather(writer(), writer())
+    return done / (time.perf_counter() - started)
+
+
 async def reads_ms(store: PostgresStore, events: int) -> str:
     """Median milliseconds of a feed page, an execution's page and a lookup by id."""
     times: dict[str, list[float]] = {"feed page": [], "execution page": [], "get by id": []}
@@ -89,6 +108,8 @@ async def run(dsn: str, events: int, days: int, batches: int) -> None:
     async with PostgresStore(dsn) as store:
         before = await load(store, events + 1, batches)
         print(f"batch ingest, unpartitioned: {before:.0f} events/s")
+        two = await overlapping(store, 10**8)
+        print(f"two writers of 100-event batches, unpartitioned: {two:.0f} events/s")
         print(f"reads, unpartitioned: {await reads_ms(store, events)}")
         started = time.perf_counter()
         await store.migrate(progress=lambda line: print("  " + line, flush=True))
@@ -97,6 +118,8 @@ async def run(dsn: str, events: int, days: int, batches: int) -> None:
         held = await store.list_partitions()
         after = await load(store, events + 1 + batches * 1000, batches)
         print(f"batch ingest, {len(held)} partitions: {after:.0f} events/s")
+        two = await overlapping(store, 2 * 10**8)
+        print(f"two writers of 100-event batches, {len(held)} partitions: {two:.0f} events/s")
         await store.pool.execute("ANALYZE events")
         print(f"reads, {len(held)} partitions: {await reads_ms(store, events)}")
 

@@ -138,21 +138,35 @@ async def drop_before(
     """Remove every partition whose events were all ingested before ``cutoff`` (its upper
     bound is at or before it): detach it concurrently, count it, call ``before_drop`` (default:
     correct_summaries), drop it. The partition that straddles the cut-off is left: delete its
-    rows before the cut-off in chunks (straddling() names it). ``conn`` must not be inside a
-    transaction (DETACH ... CONCURRENTLY cannot be)."""
+    rows before the cut-off in chunks (straddling() names it). A partition detached by a
+    removal that was interrupted is finished too. ``conn`` must not be inside a transaction
+    (DETACH ... CONCURRENTLY cannot be)."""
     hook = correct_summaries if before_drop is None else before_drop
-    names, events = [], 0
+    # A removal interrupted after its detach left a table of the same name outside the log:
+    # its events are already unreadable, so it is finished first, whatever the cut-off.
+    detached = [r[0] for r in await conn.fetch(_DETACHED)]
     for p in await partitions(conn):
         if p.upper > cutoff:
             break
         # Waits for the transactions that use the partition, blocking none that start meanwhile.
         how = "FINALIZE" if p.detaching else "CONCURRENTLY"
         await conn.execute(f"ALTER TABLE events DETACH PARTITION {p.name} {how}")
-        events += await conn.fetchval(f"SELECT count(*) FROM {p.name}")
-        await hook(conn, p.name)
-        await conn.execute(f"DROP TABLE {p.name}")
-        names.append(p.name)
-    return Removed(names, events)
+        detached.append(p.name)
+    events = 0
+    for name in detached:
+        events += await conn.fetchval(f"SELECT count(*) FROM {name}")
+        await hook(conn, name)
+        await conn.execute(f"DROP TABLE {name}")
+    return Removed(detached, events)
+
+
+# Tables named as partitions, in the events table's schema, that are not partitions.
+_DETACHED = r"""
+SELECT c.relname FROM pg_class c
+WHERE c.relkind = 'r' AND NOT c.relispartition AND c.relname LIKE 'events\_p%'
+  AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('events'))
+ORDER BY c.relname
+"""
 
 
 def straddling(held: list[Partition], cutoff: datetime) -> Partition | None:

@@ -201,15 +201,14 @@ def _event_sql(table: EventTable) -> _EventSql:
     columns = ", ".join(_selected(c) for c in table.columns)
     return _EventSql(
         columns=columns,
-        # The common case in one round trip and one implicit transaction: append a group in
-        # which no key is stored yet. Moving the head takes its row lock (held to the end of
-        # the statement, so seq values are taken in commit order across every instance) and
-        # happens only when none of the keys is stored; the insert takes its seq values from
-        # the head. If some key is stored, nothing is written and write() decides again in a
-        # transaction of its own. The lookup sees the statement's snapshot, which may predate
-        # a commit made while this statement waited for the lock: the head then moved, and
-        # the condition on last_seq, checked again on the row once locked, fails and the same
-        # fallback applies. (The events table, partitioned, has no unique index to catch it.)
+        # The common case: append a group in which no key is stored yet, in one statement run
+        # right after the head's row lock is taken (write()), so that its snapshot holds every
+        # commit that could have stored one of its keys: a lookup that sees a key only after
+        # the lock is the guarantee that a retry is not stored twice, as the partitioned events
+        # table can have no unique index on the key. The head moves (and the insert takes its
+        # seq values from it) only when none of the keys is stored, and only if no commit moved
+        # it since the snapshot (a guard, should the statement ever run without the lock);
+        # otherwise nothing is written and write() decides again in a transaction of its own.
         append_if_new=f"""
 WITH input AS (
     SELECT * FROM {unnest}
@@ -525,14 +524,15 @@ class PostgresStore(EventStore):
                     # Optimistic: decide as if nothing were stored, and append only if so.
                     plan = decide({}, {})
                     if plan.events and not plan.records:
-                        try:
+                        # The lock first, then the statement: its snapshot, taken with the
+                        # lock held, holds every commit that could have stored one of its keys.
+                        async with conn.transaction():
+                            await conn.execute(_LOCK)
                             row = await conn.fetchrow(
                                 self._sql.append_if_new,
                                 *self._sql.arrays(plan.events),
                                 *_delta_args(plan.events, 0),
                             )
-                        except asyncpg.UniqueViolationError:
-                            row = None
                         if row is not None and row["base"] is not None:
                             # at: the clock once the lock was held
                             base, at = row["base"], row["at"]

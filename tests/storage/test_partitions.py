@@ -344,3 +344,18 @@ async def test_the_service_keeps_partitions_ahead_in_the_background(dsn, monkeyp
             await asyncio.sleep(0.05)
         assert held[-1].upper - later >= 2 * WEEK
         assert_contiguous(held)
+
+
+async def test_a_removal_interrupted_after_its_detach_is_finished_by_the_next(store):
+    """A partition detached but not dropped (the process died in between) is counted,
+    taken out of the summaries and dropped by the next removal, whatever its cut-off."""
+    [old, new] = await append(store, new_event(1, 1), new_event(2, 2))
+    await moved(store, datetime.now(UTC) - timedelta(days=30), old.seq)
+    name = await where(store, old.seq)
+    await store.pool.execute(f"ALTER TABLE events DETACH PARTITION {name}")
+    removed = await store.drop_partitions_before(datetime.now(UTC) - timedelta(days=60))
+    assert removed.names == [name]
+    assert removed.events == 1
+    assert await store.execution(1) is None
+    assert (await store.execution(2)).event_count == 1
+    assert await store.pool.fetchval("SELECT to_regclass($1)", name) is None
