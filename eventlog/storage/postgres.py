@@ -418,23 +418,31 @@ class PostgresStore(EventStore):
         meanwhile, as the schema is not current)."""
         if await conn.fetchval("SELECT to_regclass('events_unpartitioned')") is None:
             return
-        total, first, last = await conn.fetchrow(
-            "SELECT count(*), min(ingested_at), max(ingested_at) FROM events_unpartitioned"
+        total, first, last, top = await conn.fetchrow(
+            "SELECT count(*), min(ingested_at), max(ingested_at), COALESCE(max(seq), 0) "
+            "FROM events_unpartitioned"
         )
-        copied = await conn.fetchval("SELECT count(*) FROM events")
         if total:
             await partitions.cover(conn, first, last, self.partition_interval)
-        after = await conn.fetchval("SELECT COALESCE(max(seq), 0) FROM events")
+        # Old events are those up to the old table's last seq: whatever an instance that was not
+        # stopped appended since (above it) is neither the resume point nor counted as copied.
+        copied, after = await conn.fetchrow(
+            "SELECT count(*), COALESCE(max(seq), 0) FROM events WHERE seq <= $1", top
+        )
         started = time.monotonic()
         progress(f"copying {total - copied} of {total} events into partitions")
-        while True:
+        while copied < total:
             async with conn.transaction():
-                count, after_chunk = await conn.fetchrow(_COPY_CHUNK, after, _COPY_CHUNK_EVENTS)
+                count, after = await conn.fetchrow(_COPY_CHUNK, after, _COPY_CHUNK_EVENTS)
             if not count:
                 break
-            copied, after = copied + count, after_chunk
+            copied += count
             elapsed = time.monotonic() - started
             progress(f"copied {copied} of {total} events ({elapsed:.0f} s)")
+        if copied != total:  # never drop what was not copied
+            raise StoreError(
+                f"copied {copied} of the {total} events of events_unpartitioned; it is kept"
+            )
         await conn.execute("DROP TABLE events_unpartitioned")
         progress(f"copied {total} events; the old table is dropped")
 

@@ -240,7 +240,8 @@ async def partitioned(store: PostgresStore) -> bool:
 async def test_an_unpartitioned_database_is_copied_into_partitions_resumably(dsn, monkeypatch):
     """migrate on a database from before 0006 copies every event into partitions, a chunk per
     transaction with a progress line each; interrupted, the schema is still pending and the
-    next migrate goes on from where it stopped; nothing is lost, repeated or changed."""
+    next migrate goes on from where it stopped, even past an event appended meanwhile; nothing
+    is lost, repeated or changed."""
     before = await unpartitioned_database(dsn, 1000)
     monkeypatch.setattr("eventlog.storage.postgres._COPY_CHUNK_EVENTS", 300)
     lines: list[str] = []
@@ -264,20 +265,24 @@ async def test_an_unpartitioned_database_is_copied_into_partitions_resumably(dsn
         ]
         assert lines[1].startswith("copied 300 of 1000 events")
         assert await store.pending_migrations() == ["0006_partitions (copy)"]
+        # An instance that was not stopped appends meanwhile: the copy still resumes after
+        # the last old event it copied, not after this one.
+        [meanwhile] = await append(store, new_event(99, 99))
+        assert meanwhile.seq == 1001
         lines.clear()
         assert await store.migrate(progress=lines.append) == []
         assert lines[0] == "copying 400 of 1000 events into partitions"
         assert lines[-1] == "copied 1000 events; the old table is dropped"
         assert await store.pending_migrations() == []
-        after = await store.page(Page(limit=1001))
-        assert after == before
+        after = await store.page(Page(limit=1002))
+        assert after == [*before, meanwhile]
         held = await store.list_partitions()
         assert held[0].lower <= before[0].ingested_at
         assert len(held) >= 9  # two months of weeks, and two ahead
         assert_contiguous(held)
-        # The log goes on from the copied head, gap-free.
-        [next_event] = await append(store, new_event(99, 99))
-        assert next_event.seq == 1001
+        # The log goes on from the head, gap-free.
+        [next_event] = await append(store, new_event(99, 100))
+        assert next_event.seq == 1002
 
 
 async def test_an_unfinished_copy_keeps_a_service_that_does_not_migrate_from_starting(dsn):
