@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventlog.config import make_settings
+from eventlog.config import ConfigError, make_settings
 from eventlog.envelope import Event
 from eventlog.log import EventLog, SchemaNotCurrent
 from eventlog.storage import partitions
 from eventlog.storage.base import Page, WritePlan, load_migrations
 from eventlog.storage.postgres import PostgresStore
-from eventlog.storage.registry import open_store
+from eventlog.storage.registry import open_store, store_from_settings
 
 from .test_contract import NOW, append, new_event, stored_among
 
@@ -364,3 +364,17 @@ async def test_a_removal_interrupted_after_its_detach_is_finished_by_the_next(st
     assert await store.execution(1) is None
     assert (await store.execution(2)).event_count == 1
     assert await store.pool.fetchval("SELECT to_regclass($1)", name) is None
+
+
+async def test_the_partition_width_is_a_setting(dsn):
+    """pg_partition_days reaches the store and sets the width of the partitions it makes; it
+    is refused outside 1 to 366 days."""
+    settings = make_settings(dsn=dsn, pg_partition_days=3)
+    async with store_from_settings(settings) as store:
+        assert isinstance(store, PostgresStore)
+        await store.migrate()
+        held = await store.list_partitions()
+    assert {p.upper - p.lower for p in held} == {timedelta(days=3)}
+    for bad in (0, 367):
+        with pytest.raises(ConfigError, match="pg_partition_days"):
+            make_settings(dsn=dsn, pg_partition_days=bad)
