@@ -1,4 +1,4 @@
-"""The command line: eventlog serve | migrate | tail | export | import | ids decode."""
+"""The command line: eventlog serve | migrate | partitions | tail | export | import | ids decode."""
 
 from __future__ import annotations
 
@@ -46,8 +46,20 @@ def _parser() -> argparse.ArgumentParser:
         help='server processes sharing the port (default 1; "auto": one per core)',
     )
 
-    migrate = commands.add_parser("migrate", help="apply pending schema migrations and exit")
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply pending schema migrations and exit",
+        description="Apply pending schema migrations and exit. On PostgreSQL, a database made "
+        "before the events table was partitioned has its events copied into partitions, with a "
+        "progress line per 50,000; an interrupted copy resumes where it stopped when run again.",
+    )
     _store_flags(migrate)
+
+    parts = commands.add_parser(
+        "partitions",
+        help="list the PostgreSQL events partitions: name, range, approximate rows, size",
+    )
+    _store_flags(parts)
 
     tail = commands.add_parser(
         "tail",
@@ -133,12 +145,39 @@ def _serve_command(settings: Settings, workers_text: str) -> int:
 async def _migrate(settings: Settings) -> int:
     try:
         async with store_from_settings(settings) as store:
-            applied = await store.migrate()
+            applied = await store.migrate(progress=lambda line: print(line, flush=True))
     except StoreError as e:
         log.error("cannot migrate: %s", e)
         return 1
     print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
     return 0
+
+
+async def _partitions(settings: Settings) -> int:
+    async with store_from_settings(settings, read_only=True) as store:
+        # Only PostgreSQL's store partitions (its module loads with the first PostgreSQL DSN).
+        listing = getattr(store, "list_partitions", None)
+        if listing is None:
+            print(f"eventlog: {store.backend} does not partition its events", file=sys.stderr)
+            return 2
+        held = await listing()
+    if not held:
+        print("the events table is not partitioned (`eventlog migrate` partitions it)")
+        return 0
+    print(f"{'name':<20} {'from (UTC)':<20} {'to (UTC)':<20} {'~rows':>12} {'size':>10}")
+    for p in held:
+        lower, upper = (f"{m:%Y-%m-%d %H:%M}" for m in (p.lower, p.upper))
+        note = "  (detaching)" if p.detaching else ""
+        print(f"{p.name:<20} {lower:<20} {upper:<20} {p.rows:>12} {_size(p.bytes):>10}{note}")
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def _decode(text: str) -> int:
@@ -202,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress = sys.stderr if sys.stderr.isatty() else None
             asyncio.run(tools.import_file(settings, args.file, progress=progress))
             return 0
+        if args.command == "partitions":
+            return asyncio.run(_partitions(settings))
         return asyncio.run(_migrate(settings))
     except Problem as e:
         print(f"eventlog: {e.detail}", file=sys.stderr)

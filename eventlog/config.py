@@ -68,6 +68,7 @@ class Settings:
     )
     pg_pool_min: int = attrs.field(default=1, validator=_between(0, 1000))
     pg_pool_max: int = attrs.field(default=10, validator=_between(1, 1000))
+    pg_partition_days: int = attrs.field(default=7, validator=_between(1, 366))
     db_connect_timeout: float = attrs.field(default=5.0, validator=_between(0.1, 600))
     db_command_timeout: float = attrs.field(default=30.0, validator=_between(0.1, 3600))
     # PostgreSQL only: a hot standby of ``dsn`` that serves the reads. None: reads go to ``dsn``.

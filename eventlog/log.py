@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import weakref
@@ -37,6 +38,10 @@ from .stream import CutOff, Hub, Subscription
 log = logging.getLogger("eventlog")
 
 T = TypeVar("T")
+
+# Seconds between runs of the store's upkeep (partitions made ahead: two of at least a day
+# each, so an hour is far more often than needed, and a missed run costs nothing).
+UPKEEP_INTERVAL = 3600.0
 
 
 class SchemaNotCurrent(Exception):
@@ -74,6 +79,7 @@ class EventLog:
             purge_interval=settings.idempotency_purge_interval,
         )
         self.running = False  # between start and close
+        self._upkeep: asyncio.Task[None] | None = None
         self._redact = frozenset(k.lower() for k in settings.redact_keys)
         self.metrics = Metrics()
         self._reads_failing = False
@@ -103,12 +109,29 @@ class EventLog:
             raise
         self.writer.on_commit = self.hub.notify
         self.writer.start()
+        self._upkeep = asyncio.create_task(self._keep_up(), name="eventlog-upkeep")
         self.running = True
+
+    async def _keep_up(self) -> None:
+        """Run the store's upkeep now and then every UPKEEP_INTERVAL seconds until closed."""
+        while True:
+            try:
+                await self.store.maintain(now())
+            except StoreError as e:
+                log.warning("the store's upkeep failed (it is tried again later): %s", e)
+            except Exception:  # the service runs on without it; writes make what they need
+                log.exception("the store's upkeep failed (it is tried again later)")
+            await asyncio.sleep(UPKEEP_INTERVAL)
 
     async def close(self) -> None:
         """Commit what is queued, then close the store."""
         # The writer first: what is queued is committed (and reaches the streams) before they end.
         self.running = False
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+            self._upkeep = None
         try:
             await self.writer.stop()
         finally:

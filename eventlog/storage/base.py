@@ -99,6 +99,11 @@ class Filter:
         chosen = {name: getattr(self, name) for name in _FILTER_FIELDS}
         return Page(**chosen, **bounds)  # type: ignore[arg-type]
 
+    def leading(self) -> str | None:
+        """The set filter whose index a query should walk when the database cannot judge
+        selectivity itself: see _SELECTIVITY."""
+        return next((name for name in _SELECTIVITY if getattr(self, name) is not None), None)
+
     def conditions(self) -> list[tuple[str, str, object]]:
         """(column, operator, value) for every set filter, in a fixed order."""
         return [
@@ -109,6 +114,11 @@ class Filter:
 
 
 _FILTER_FIELDS = tuple(f.name for f in attrs.fields(Filter))
+# The filters, most selective first, as a rule rather than a statistic: an execution is bounded
+# (its own events however long the log), event types and steps name one kind of work, a worker
+# runs many kinds, and a status has a handful of values shared by most of the log.
+_SELECTIVITY = ("execution_id", "event_type", "step", "worker_id", "status")
+assert sorted(_SELECTIVITY) == sorted(_FILTER_FIELDS)
 # The filters beyond the execution: what the feed, the streams and their clients take by name.
 FILTERS = _FILTER_FIELDS[1:]
 
@@ -452,8 +462,13 @@ class EventStore(abc.ABC):
         """Disconnect; safe to call twice."""
 
     @abc.abstractmethod
-    async def migrate(self) -> list[str]:
-        """Apply pending migrations; returns the names applied."""
+    async def migrate(self, progress: Callable[[str], None] | None = None) -> list[str]:
+        """Apply pending migrations; returns the names applied. ``progress`` is told, a line
+        at a time, how a long one goes (default: the log)."""
+
+    async def maintain(self, now: datetime) -> None:
+        """The store's periodic upkeep, run by the service in the background (PostgreSQL:
+        partitions created ahead of ``now``)."""
 
     @abc.abstractmethod
     async def pending_migrations(self) -> list[str]:

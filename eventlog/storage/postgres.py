@@ -16,6 +16,7 @@ import attrs
 
 from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
+from . import partitions
 from .base import (
     CLAIM_COLUMNS,
     EXECUTION_COLUMNS,
@@ -125,6 +126,16 @@ ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 """
 _HEAD = "SELECT last_seq FROM eventlog_head WHERE id = 1"
 _LOCK = _HEAD + " FOR UPDATE"
+_NO_PARTITION = "no partition of relation"
+_COPY_CHUNK_EVENTS = 50_000
+_COPY_CHUNK = """
+WITH moved AS (
+    INSERT INTO events
+    SELECT * FROM events_unpartitioned WHERE seq > $1 ORDER BY seq LIMIT $2
+    RETURNING seq
+)
+SELECT count(*), max(seq) FROM moved
+"""
 _FIND_KEYS = (
     "SELECT key, fingerprint, outcome::text AS outcome, created_at, expires_at "
     "FROM idempotency_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
@@ -197,14 +208,14 @@ def _event_sql(table: EventTable) -> _EventSql:
     columns = ", ".join(_selected(c) for c in table.columns)
     return _EventSql(
         columns=columns,
-        # The common case in one round trip and one implicit transaction: append a group in
-        # which no key is stored yet. Moving the head takes its row lock (held to the end of
-        # the statement, so seq values are taken in commit order across every instance) and
-        # happens only when none of the keys is stored; the insert takes its seq values from
-        # the head. If some key is stored, nothing is written and write() decides again in a
-        # transaction of its own. The lookup sees the statement's snapshot, which may predate
-        # a commit made while this statement waited for the lock; such a key fails the insert
-        # with a unique violation, and the same fallback applies.
+        # The common case: append a group in which no key is stored yet, in one statement run
+        # right after the head's row lock is taken (write()), so that its snapshot holds every
+        # commit that could have stored one of its keys: a lookup that sees a key only after
+        # the lock is the guarantee that a retry is not stored twice, as the partitioned events
+        # table can have no unique index on the key. The head moves (and the insert takes its
+        # seq values from it) only when none of the keys is stored, and only if no commit moved
+        # it since the snapshot (a guard, should the statement ever run without the lock);
+        # otherwise nothing is written and write() decides again in a transaction of its own.
         append_if_new=f"""
 WITH input AS (
     SELECT * FROM {unnest}
@@ -212,9 +223,13 @@ WITH input AS (
 stored AS (
     SELECT 1 FROM events e JOIN input i USING (execution_id, event_id) LIMIT 1
 ),
+seen AS (
+    SELECT last_seq FROM eventlog_head WHERE id = 1
+),
 head AS (
     UPDATE eventlog_head SET last_seq = last_seq + (SELECT count(*) FROM input)
     WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM stored)
+      AND last_seq = (SELECT last_seq FROM seen)
     RETURNING last_seq - (SELECT count(*) FROM input) AS base, clock_timestamp() AS at
 ),
 ins AS (
@@ -253,6 +268,19 @@ UPDATE eventlog_head SET last_seq = ${n + 3} WHERE id = 1
     )
 
 
+def page_query(page: Page, columns: str) -> tuple[str, list[Any]]:
+    """The statement and arguments that read ``page``; the planner chooses among the filters'
+    indexes from its statistics."""
+    conditions = page.conditions()
+    where = " AND ".join(f"{c} {op} ${i}" for i, (c, op, _) in enumerate(conditions, 1))
+    order = "DESC" if page.descending else "ASC"
+    return (
+        f"SELECT {columns} FROM events WHERE {where or 'true'} ORDER BY seq {order} "
+        f"LIMIT ${len(conditions) + 1}",
+        [*(value for _, _, value in conditions), page.limit],
+    )
+
+
 class PostgresStore(EventStore):
     """Events in PostgreSQL through an asyncpg pool."""
 
@@ -269,9 +297,11 @@ class PostgresStore(EventStore):
         command_timeout: float = 30.0,
         read_only: bool = False,
         read_dsn: str | None = None,
+        partition_days: int = 7,
     ) -> None:
         self.dsn = dsn
         self.read_dsn = read_dsn
+        self.partition_interval = timedelta(days=partition_days)
         self._sql = _event_sql(self.events_table)
         self._read_only = read_only
         self._pool_min = pool_min
@@ -293,6 +323,7 @@ class PostgresStore(EventStore):
             connect_timeout=settings.db_connect_timeout,
             command_timeout=settings.db_command_timeout,
             read_dsn=settings.read_dsn,
+            partition_days=settings.pg_partition_days,
             **options,
         )
 
@@ -410,7 +441,7 @@ class PostgresStore(EventStore):
         seconds = float(row["behind"] or 0.0) if seqs else 0.0
         return ReplicaLag(True, max(0.0, seconds), seqs)
 
-    async def migrate(self) -> list[str]:
+    async def migrate(self, progress: Callable[[str], None] | None = None) -> list[str]:
         done = []
         with _translated():
             async with self.pool.acquire() as conn:
@@ -429,9 +460,49 @@ class PostgresStore(EventStore):
                                 m.name,
                             )
                         done.append(m.label)
+                    if await partitions.partitioned(conn):
+                        await self._copy_unpartitioned(conn, progress or log.info)
+                        await partitions.ahead(conn, datetime.now(UTC), self.partition_interval)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         return done
+
+    async def _copy_unpartitioned(
+        self, conn: asyncpg.Connection, progress: Callable[[str], None]
+    ) -> None:
+        """Copy the events of a database older than migration 0006 into the partitioned table,
+        a chunk per transaction in seq order, then drop the old table. Resumable: an
+        interrupted copy goes on after the last seq it committed (the service does not start
+        meanwhile, as the schema is not current)."""
+        if await conn.fetchval("SELECT to_regclass('events_unpartitioned')") is None:
+            return
+        total, first, last, top = await conn.fetchrow(
+            "SELECT count(*), min(ingested_at), max(ingested_at), COALESCE(max(seq), 0) "
+            "FROM events_unpartitioned"
+        )
+        if total:
+            await partitions.cover(conn, first, last, self.partition_interval)
+        # Old events are those up to the old table's last seq: whatever an instance that was not
+        # stopped appended since (above it) is neither the resume point nor counted as copied.
+        copied, after = await conn.fetchrow(
+            "SELECT count(*), COALESCE(max(seq), 0) FROM events WHERE seq <= $1", top
+        )
+        started = time.monotonic()
+        progress(f"copying {total - copied} of {total} events into partitions")
+        while copied < total:
+            async with conn.transaction():
+                count, after = await conn.fetchrow(_COPY_CHUNK, after, _COPY_CHUNK_EVENTS)
+            if not count:
+                break
+            copied += count
+            elapsed = time.monotonic() - started
+            progress(f"copied {copied} of {total} events ({elapsed:.0f} s)")
+        if copied != total:  # never drop what was not copied
+            raise StoreError(
+                f"copied {copied} of the {total} events of events_unpartitioned; it is kept"
+            )
+        await conn.execute("DROP TABLE events_unpartitioned")
+        progress(f"copied {total} events; the old table is dropped")
 
     @staticmethod
     async def _applied(conn: asyncpg.Connection, *, create: bool) -> set[int]:
@@ -448,13 +519,62 @@ class PostgresStore(EventStore):
         with _translated():
             async with self.pool.acquire() as conn:
                 applied = await self._applied(conn, create=False)
-        return pending(self.backend, applied)
+                copying = await conn.fetchval("SELECT to_regclass('events_unpartitioned')")
+        # An interrupted copy of old events (migration 0006) is still to finish.
+        return pending(self.backend, applied) + (["0006_partitions (copy)"] if copying else [])
+
+    async def list_partitions(self) -> list[partitions.Partition]:
+        """The events table's partitions, oldest first (empty before migration 0006)."""
+        with _translated():
+            async with self.pool.acquire() as conn:
+                return await partitions.partitions(conn)
+
+    async def maintain(self, now: datetime) -> None:
+        with _translated():
+            async with self.pool.acquire() as conn:
+                if await partitions.partitioned(conn):
+                    for name in await partitions.ahead(conn, now, self.partition_interval):
+                        log.info("created partition %s", name)
+
+    async def drop_partitions_before(
+        self, cutoff: datetime, before_drop: partitions.BeforeDrop | None = None
+    ) -> partitions.Removed:
+        """Remove the partitions whose events were all ingested before ``cutoff`` (see
+        partitions.drop_before); the one that straddles it is left for a chunked delete."""
+        with _translated():
+            async with self.pool.acquire() as conn:
+                return await partitions.drop_before(conn, cutoff, before_drop)
 
     async def ping(self) -> None:
         with _translated():
             await self.pool.fetchval("SELECT 1")
 
     async def write(
+        self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
+    ) -> list[Event]:
+        try:
+            return await self._write_once(keys, idempotency_keys, now, decide)
+        except StoreError as e:
+            cause = e.__cause__
+            if not (isinstance(cause, asyncpg.CheckViolationError) and _NO_PARTITION in str(cause)):
+                raise
+        # No partition holds this instant: the upkeep is behind (the service was stopped, or
+        # the clock jumped). Nothing was written; make it, for the database's clock and ours
+        # (each stamps ingested_at on one path), and write again.
+        with _translated():
+            async with self.pool.acquire() as conn:
+                at = await conn.fetchval("SELECT clock_timestamp()")
+                ours = datetime.now(UTC)
+                created = await partitions.cover(
+                    conn,
+                    min(at, ours),
+                    max(at, ours) + self.partition_interval,
+                    self.partition_interval,
+                )
+        log.warning("no partition held the time of a write; created %s", ", ".join(created))
+        return await self._write_once(keys, idempotency_keys, now, decide)
+
+    async def _write_once(
         self, keys: Sequence[Key], idempotency_keys: Sequence[str], now: datetime, decide: Decide
     ) -> list[Event]:
         # Bounded as a whole, so the writer answers within the configured timeouts whatever
@@ -470,14 +590,15 @@ class PostgresStore(EventStore):
                     # Optimistic: decide as if nothing were stored, and append only if so.
                     plan = decide({}, {})
                     if plan.events and not plan.records:
-                        try:
+                        # The lock first, then the statement: its snapshot, taken with the
+                        # lock held, holds every commit that could have stored one of its keys.
+                        async with conn.transaction():
+                            await conn.execute(_LOCK)
                             row = await conn.fetchrow(
                                 self._sql.append_if_new,
                                 *self._sql.arrays(plan.events),
                                 *_delta_args(plan.events, 0),
                             )
-                        except asyncpg.UniqueViolationError:
-                            row = None
                         if row is not None and row["base"] is not None:
                             # at: the clock once the lock was held
                             base, at = row["base"], row["at"]
@@ -547,19 +668,9 @@ class PostgresStore(EventStore):
         return None if row is None else read_events([row], self._sql.event)[0]
 
     async def page(self, page: Page) -> list[Event]:
-        conditions = page.conditions()
-        where = (
-            " AND ".join(f"{column} {op} ${i}" for i, (column, op, _) in enumerate(conditions, 1))
-            or "true"
-        )
-        order = "DESC" if page.descending else "ASC"
         with _translated():
-            rows = await self.reads.fetch(
-                f"SELECT {self._sql.columns} FROM events WHERE {where} ORDER BY seq {order} "
-                f"LIMIT ${len(conditions) + 1}",
-                *(value for _, _, value in conditions),
-                page.limit,
-            )
+            sql, args = page_query(page, self._sql.columns)
+            rows = await self.reads.fetch(sql, *args)
         return read_events(rows, self._sql.event)
 
     async def head(self) -> int:

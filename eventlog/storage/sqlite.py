@@ -234,6 +234,24 @@ def _settle(calls: list[_Call], results: list[Any]) -> None:
         settle(call.future, result)
 
 
+def page_query(page: Page, columns: str) -> tuple[str, list[Any]]:
+    """The statement and arguments that read ``page``."""
+    # SQLite has no statistics on the values of a column, so with several filters it could
+    # walk any of their indexes: the leading filter's index is the one, and a unary + keeps
+    # the others' from being considered (they are then checked on each row).
+    leading = page.leading()
+    conditions = page.conditions()
+    where = " AND ".join(
+        f"{'' if column in (leading, 'seq') else '+'}{column} {op} ?"
+        for column, op, _ in conditions
+    )
+    order = "DESC" if page.descending else "ASC"
+    return (
+        f"SELECT {columns} FROM events WHERE {where or '1'} ORDER BY seq {order} LIMIT ?",
+        [*(value for _, _, value in conditions), page.limit],
+    )
+
+
 class SqliteStore(EventStore):
     """Events in one SQLite file, in WAL mode.
 
@@ -550,7 +568,7 @@ class SqliteStore(EventStore):
                 done.append(m.label)
         return done
 
-    async def migrate(self) -> list[str]:
+    async def migrate(self, progress: Callable[[str], None] | None = None) -> list[str]:
         return await self._in_writer(self._migrate_sync)
 
     # --- reads ----------------------------------------------------------------------------
@@ -588,14 +606,8 @@ class SqliteStore(EventStore):
         return None if row is None else read_events([row], self._sql.event)[0]
 
     async def page(self, page: Page) -> list[Event]:
-        where = " AND ".join(f"{column} {op} ?" for column, op, _ in page.conditions()) or "1"
-        args = [value for _, _, value in page.conditions()]
-        order = "DESC" if page.descending else "ASC"
         with _translated():
-            cursor = await self._r.execute(
-                f"SELECT {self._sql.columns} FROM events WHERE {where} ORDER BY seq {order} LIMIT ?",
-                (*args, page.limit),
-            )
+            cursor = await self._r.execute(*page_query(page, self._sql.columns))
             rows = await cursor.fetchall()
         return read_events(rows, self._sql.event)
 

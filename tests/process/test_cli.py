@@ -337,3 +337,24 @@ def test_tail_help_shows_the_default_url_and_the_retry_policy(run_eventlog) -> N
     text = " ".join(done.stdout.split())
     assert "(default: http://127.0.0.1:8080)" in text
     assert "--max-wait SECONDS" in text and "for ever" in text
+
+
+def test_partitions_lists_name_range_rows_and_size_or_says_sqlite_has_none(
+    run_eventlog, dsn: str, backend: str
+) -> None:
+    """`eventlog partitions` prints a line per partition of the events table on PostgreSQL
+    (today's first, two ahead); on SQLite it says there are none to list and exits 2."""
+    assert run_eventlog("migrate", "--dsn", dsn).returncode == 0
+    done = run_eventlog("partitions", "--dsn", dsn)
+    if backend == "sqlite":
+        assert done.returncode == 2
+        assert "sqlite does not partition its events" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["name", "from", "(UTC)", "to", "(UTC)", "~rows", "size"]
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert len(rows) == 3
+    name, day, _, _, _, count, *size = rows[0].split()
+    assert (name, day, count) == (f"events_p{today.replace('-', '')}", today, "0")
+    assert size[1] in ("kB", "MB")
