@@ -35,6 +35,16 @@ class CutOff(Exception):
         self.last_seq = last_seq
 
 
+@attrs.frozen
+class Expired:
+    """In a subscription's chunks, before anything else: the reader resumes after seq ``after``
+    but retention has removed the events through ``purged_through``; the chunks go on from
+    there."""
+
+    after: int
+    purged_through: int
+
+
 @attrs.define(eq=False)
 class _Subscriber:
     filter: Filter
@@ -236,19 +246,34 @@ class Subscription:
                 for event in chunk:
                     yield event
 
-    async def chunks(self) -> AsyncIterator[list[Event] | UnreadableRow | None]:
+    async def chunks(self) -> AsyncIterator[list[Event] | UnreadableRow | Expired | None]:
         """The same events, in lists of those that arrived together (for writers that can send
         several at once); an UnreadableRow in place of a stored row that cannot be read (the
-        stream goes on past it)."""
+        stream goes on past it); an Expired when the events after the resume point have been
+        removed (the stream goes on from the oldest held)."""
         sub, start, store = self._sub, self._start, self._hub._store
         self.position = start if self._after is None else self._after
         if self._hub.closed:
             return  # the log is closing or closed: its store may be gone
+        if self._after is not None:
+            horizon = await store.purged_through()
+            if self.position < horizon:
+                yield Expired(self.position, horizon)
+                self.position = horizon
         # What was missed, read from the store up to where the queue takes over.
         while self.position < start:
             page = sub.filter.page(after=self.position, until=start, limit=READ_PAGE)
             try:
                 events = await store.page(page)
+                read = len(events)
+                if not events or events[0].seq != self.position + 1:
+                    # A purge may have overtaken this reader since: the horizon, read after
+                    # the page, says so (it only grows).
+                    horizon = await store.purged_through()
+                    if self.position < horizon:
+                        yield Expired(self.position, horizon)
+                        self.position = horizon
+                        events = [e for e in events if e.seq > horizon]
             except UnreadableRow as e:
                 if e.seq is None:
                     raise
@@ -261,7 +286,7 @@ class Subscription:
             if events:
                 yield events
                 self.position = events[-1].seq
-            if len(events) < READ_PAGE:
+            if read < READ_PAGE:
                 break
         self.position = max(self.position, start)
         while not (sub.ended and sub.queue.empty()):

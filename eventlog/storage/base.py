@@ -492,6 +492,39 @@ class EventStore(abc.ABC):
         """Executions by newest activity first (their last seq), those with last seq < before
         (and this status, when given)."""
 
+    # --- retention: a purge removes the oldest events, a short transaction at a time --------
+
+    @abc.abstractmethod
+    async def purged_through(self) -> int:
+        """The purge horizon: every event at or below this seq has been removed (0: none)."""
+
+    @abc.abstractmethod
+    async def purge_cut(self, before: datetime) -> int:
+        """The highest seq a purge of what was ingested before ``before`` removes through: the
+        last one before the oldest event ingested at or after it (the head when there is
+        none); never below the horizon."""
+
+    @abc.abstractmethod
+    async def count_through(self, through: int) -> int:
+        """How many events are held at or below seq ``through``."""
+
+    @abc.abstractmethod
+    async def purge_chunk(self, through: int, limit: int) -> int:
+        """In one short transaction, serialised with the writer: remove the oldest held events,
+        at most ``limit`` seq values of them and none past ``through``, correct the summaries
+        of their executions (dropping those left without events) and move the horizon;
+        returns how many events were removed."""
+
+    async def reclaim(self, pages: int) -> bool:
+        """Give up to ``pages`` free pages back to the file system (where the database keeps
+        them); True while more remain."""
+        return False
+
+    @abc.abstractmethod
+    async def vacuum(self) -> None:
+        """Rewrite the storage so that the space of removed events is returned (long: an
+        operator runs it, the service never does)."""
+
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another process commits events (where the database can tell;
         readers poll as well, so a missed call only delays)."""

@@ -23,6 +23,7 @@ import orjson
 
 from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
+from ..status import TERMINAL_EVENTS
 from .base import (
     CLAIM_COLUMNS,
     EXECUTION_COLUMNS,
@@ -104,6 +105,14 @@ class _EventSql:
     stored: Callable[[NewEvent, int, datetime], Event]
 
 
+# The head: the newest event, or the purge horizon once every event is gone (seq never goes back).
+_HEAD = (
+    "max(COALESCE((SELECT MAX(seq) FROM events), 0), "
+    "(SELECT purged_seq FROM eventlog_head WHERE id = 1))"
+)
+_TERMINAL = ", ".join(f"'{t}'" for t in TERMINAL_EVENTS)
+
+
 @functools.cache
 def _event_sql(table: EventTable) -> _EventSql:
     """Built once per table."""
@@ -112,7 +121,7 @@ def _event_sql(table: EventTable) -> _EventSql:
         columns=columns,
         insert=f"INSERT INTO events ({columns}) VALUES {{rows}}",
         head_and_find=(
-            "SELECT h.head, e.* FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM events) h "
+            f"SELECT h.head, e.* FROM (SELECT {_HEAD} AS head) h "
             f"LEFT JOIN (SELECT {columns} FROM events WHERE (execution_id, event_id) IN "
             "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
             "FROM json_each(?))) e"
@@ -292,6 +301,10 @@ class SqliteStore(EventStore):
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row  # rows are read by column name
+        # Takes effect in a new file (before its first table), so that purges can hand freed
+        # pages back step by step; an older file keeps its mode until a VACUUM (which this
+        # setting then converts): `eventlog vacuum`.
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         for pragma in self._pragmas():
             db.execute(pragma)
         return db
@@ -529,6 +542,84 @@ class SqliteStore(EventStore):
     async def purge_keys(self, now: datetime) -> int:
         return await self._in_writer(self._purge_sync, now)
 
+    def _purge_chunk_sync(self, through: int, limit: int) -> int:
+        with self._immediate() as db:
+            (horizon,) = db.execute("SELECT purged_seq FROM eventlog_head WHERE id = 1").fetchone()
+            high = min(horizon + limit, through)
+            if high <= horizon:
+                return 0
+            span = (horizon, high)
+            gone = db.execute(
+                "SELECT execution_id, count(*), min(created_at), max(created_at), "
+                f"max(lower(event_type) IN ({_TERMINAL})) FROM events "
+                "WHERE seq > ? AND seq <= ? GROUP BY execution_id",
+                span,
+            ).fetchall()
+            removed: int = db.execute(
+                "DELETE FROM events WHERE seq > ? AND seq <= ?", span
+            ).rowcount
+            # The events left of each execution are all newer than those removed: its last
+            # event (type, seq) stays; its count, its created_at range (when a removed event
+            # held an end of it) and, when its last terminal event went, its status change.
+            db.executemany(
+                "UPDATE executions SET event_count = event_count - ? WHERE execution_id = ?",
+                [(n, x) for x, n, *_ in gone],
+            )
+            ids = [(x,) for x, *_ in gone]
+            db.executemany(
+                "DELETE FROM executions WHERE execution_id = ? AND event_count <= 0", ids
+            )
+            db.executemany(
+                "UPDATE executions SET first_event_at = (SELECT min(created_at) FROM events e "
+                "WHERE e.execution_id = executions.execution_id) "
+                "WHERE execution_id = ? AND first_event_at >= ?",
+                [(x, first) for x, _, first, _, _ in gone],
+            )
+            db.executemany(
+                "UPDATE executions SET last_event_at = (SELECT max(created_at) FROM events e "
+                "WHERE e.execution_id = executions.execution_id) "
+                "WHERE execution_id = ? AND last_event_at <= ?",
+                [(x, last) for x, _, _, last, _ in gone],
+            )
+            db.executemany(
+                "UPDATE executions SET status = 'RUNNING' WHERE execution_id = ? "
+                "AND status <> 'RUNNING' AND NOT EXISTS (SELECT 1 FROM events e WHERE "
+                f"e.execution_id = executions.execution_id AND lower(e.event_type) IN ({_TERMINAL}))",
+                [(x,) for x, *_, terminal in gone if terminal],
+            )
+            db.execute("UPDATE eventlog_head SET purged_seq = ? WHERE id = 1", (high,))
+        return removed
+
+    async def purge_chunk(self, through: int, limit: int) -> int:
+        return await self._in_writer(self._purge_chunk_sync, through, limit)
+
+    def _reclaim_sync(self, pages: int) -> bool:
+        db = self._writer
+        assert db is not None
+        # sqlite3's execute() steps this pragma once, freeing one page; sqlite3_exec (through
+        # executescript, which commits nothing here: no transaction is open) runs it through.
+        db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+        (mode,) = db.execute("PRAGMA auto_vacuum").fetchone()
+        if free == 0 or mode != 2:  # 2: incremental
+            # Without a checkpoint the shorter file waits in the WAL; PASSIVE waits for nobody.
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return False
+        return True
+
+    async def reclaim(self, pages: int) -> bool:
+        return await self._in_writer(self._reclaim_sync, pages)
+
+    def _vacuum_sync(self) -> None:
+        db = self._writer
+        assert db is not None
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # VACUUM applies it to an older file
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    async def vacuum(self) -> None:
+        await self._in_writer(self._vacuum_sync)
+
     def _migrate_sync(self) -> list[str]:
         done = []
         # The write lock first, so two processes starting together apply each step once.
@@ -601,9 +692,36 @@ class SqliteStore(EventStore):
 
     async def head(self) -> int:
         with _translated():
-            cursor = await self._r.execute("SELECT COALESCE(MAX(seq), 0) FROM events")
+            cursor = await self._r.execute(f"SELECT {_HEAD}")
             row = await cursor.fetchone()
         assert row is not None  # an aggregate always yields its one row
+        return int(row[0])
+
+    async def purged_through(self) -> int:
+        with _translated():
+            cursor = await self._r.execute("SELECT purged_seq FROM eventlog_head WHERE id = 1")
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def purge_cut(self, before: datetime) -> int:
+        # The seq index walks the oldest events first and stops at the first kept one: no
+        # index on ingested_at is needed (ingested_at grows with seq: one lock assigns both).
+        with _translated():
+            cursor = await self._r.execute(
+                "SELECT max(COALESCE((SELECT seq - 1 FROM events WHERE ingested_at >= ? "
+                f"ORDER BY seq LIMIT 1), {_HEAD}), "
+                "(SELECT purged_seq FROM eventlog_head WHERE id = 1))",
+                (_micros(before),),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def count_through(self, through: int) -> int:
+        with _translated():
+            cursor = await self._r.execute("SELECT count(*) FROM events WHERE seq <= ?", (through,))
+            row = await cursor.fetchone()
+        assert row is not None
         return int(row[0])
 
     async def execution(self, execution_id: int) -> Execution | None:
