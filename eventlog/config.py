@@ -74,7 +74,7 @@ class Settings:
     # How long events are kept ("90d", "12h", "30m", "1d12h"; "off": for ever). The service
     # removes older ones every retention_interval seconds, in short steps, as `eventlog purge`.
     retention: str = attrs.field(default="off", validator=lambda _, a, v: _duration(v))
-    retention_interval: float = attrs.field(default=60.0, validator=_between(1, 86_400))
+    retention_interval: float = attrs.field(default=60.0, validator=_between(0.05, 86_400))
     stream_heartbeat: float = attrs.field(default=15.0, validator=_between(0.05, 3600))
     stream_poll_interval: float = attrs.field(default=1.0, validator=_between(0.01, 60))
     stream_queue_events: int = attrs.field(default=1000, validator=_between(1, 1_000_000))
