@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import logging
 import os
 import re
@@ -12,7 +13,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
 
 import attrs
 import orjson
@@ -28,12 +28,12 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
 # A purge step should hold the write lock for about this long; the step size follows the time
 # the last ones took, so a slow disk or a busy database gets smaller steps.
-STEP_SECONDS = 0.02
+STEP_SECONDS = 0.015
 FIRST_STEP, MIN_STEP, MAX_STEP = 500, 50, 50_000
 # After each step the purge waits at least this long: a writer of another process (which polls
 # for SQLite's lock) gets its turn before the next step takes the lock again.
 PAUSE_SECONDS = 0.01
-RECLAIM_PAGES = 2000  # SQLite pages a step of incremental vacuum frees (8 MiB of 4 KiB pages)
+RECLAIM_PAGES = 500  # SQLite pages a step of incremental vacuum frees (2 MiB of 4 KiB pages)
 ARCHIVE_PAGE = 1000
 
 
@@ -85,9 +85,10 @@ async def purge(
         if count == 0 and await store.purged_through() >= through:
             break
         removed += count
-        # Aim the next step at STEP_SECONDS, changing by at most a factor of two at a time.
+        # Aim the next step at STEP_SECONDS: down at once, up by half at most (a step's time
+        # is not proportional to its size: it also waits for the disk).
         wanted = step * STEP_SECONDS / max(took, 1e-4)
-        step = int(min(max(wanted, step / 2, MIN_STEP), step * 2, MAX_STEP))
+        step = int(min(max(wanted, MIN_STEP), step * 1.5, MAX_STEP))
         await asyncio.sleep(max(PAUSE_SECONDS, took))
     while await store.reclaim(RECLAIM_PAGES):
         await asyncio.sleep(PAUSE_SECONDS)
@@ -103,7 +104,7 @@ async def write_archive(store: EventStore, through: int, path: Path) -> int:
     """Write the held events at or below seq ``through`` to ``path`` as canonical NDJSON (the
     form `eventlog export` writes), flushed and synced; returns how many."""
     count, after = 0, 0
-    out: IO[bytes]
+    out: io.BufferedIOBase
     with open(path, "wb") as raw:
         out = gzip.GzipFile(fileobj=raw, mode="wb") if path.name.endswith(".gz") else raw
         try:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import attrs
 
 from .envelope import Event
+from .problems import ResumeExpired
 from .storage.base import EventStore, Filter, Page, StoreError, UnreadableRow
 
 log = logging.getLogger("eventlog.stream")
@@ -200,7 +201,8 @@ class Subscription:
 
     Yields the matching events, first those already stored, then live ones, with no gap and
     no repeat; None after each quiet ``heartbeat`` (never, when it is None). Raises CutOff when the subscriber falls too
-    far behind; ends when the log closes. Live events are collected from the moment the block
+    far behind, ResumeExpired when retention removed events past ``after``; ends when the log
+    closes. Live events are collected from the moment the block
     is entered.
     """
 
@@ -242,6 +244,8 @@ class Subscription:
         async for chunk in self.chunks():
             if chunk is None:
                 yield None
+            elif isinstance(chunk, Expired):
+                raise ResumeExpired(chunk.after, chunk.purged_through)
             elif not isinstance(chunk, UnreadableRow):  # (logged where it was met)
                 for event in chunk:
                     yield event

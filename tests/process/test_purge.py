@@ -85,7 +85,7 @@ def test_purge_with_a_bad_cut_off_exits_2_naming_it(run_eventlog, dsn: str, befo
 
 
 def test_vacuum_runs_on_every_backend(run_eventlog, dsn: str):
-    """`eventlog vacuum` runs to completion on a store with a purged log."""
+    """`eventlog vacuum` runs to completion on a store holding events."""
     _seed(dsn, [1])
     done = run_eventlog("vacuum", "--dsn", dsn)
     assert (done.returncode, done.stdout) == (0, "vacuumed\n"), done.stderr
