@@ -118,6 +118,8 @@ class EventLog:
                 result = await purge(self.store, now() - period)
             except StoreError as e:
                 log.warning("retention could not remove old events (trying again later): %s", e)
+            except Exception:  # the loop must outlive any one failed purge
+                log.exception("retention failed (trying again later)")
             else:
                 if result.removed:
                     log.info(

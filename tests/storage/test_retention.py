@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from eventlog.codec import converter
 from eventlog.envelope import Event, Execution
 from eventlog.log import EventLog
+from eventlog.problems import ResumeExpired
 from eventlog.retention import purge
 from eventlog.storage.base import EventStore, Page, execution_deltas
 from eventlog.storage.registry import open_store
@@ -250,3 +251,22 @@ async def test_vacuum_shrinks_an_older_sqlite_file_and_switches_it_to_incrementa
         _, refilled = _pages(path)
         await purge(store, written[-1].ingested_at + timedelta(seconds=1))
     assert _pages(path)[1] < refilled / 4
+
+
+async def test_the_library_raises_resume_expired_for_a_removed_resume_point(dsn: str):
+    """EventLog's pages and subscriptions resumed below the horizon raise ResumeExpired naming
+    it; from the horizon they go on."""
+    async with EventLog.open(dsn) as log:
+        for n in range(3):
+            await log.append({"execution_id": 1, "event_type": "step.enter", "step": str(n)})
+        await asyncio.sleep(0.002)
+        kept = (await log.append({"execution_id": 1, "event_type": "x", "step": "s"})).event
+        await purge(log.store, kept.ingested_at)
+        with pytest.raises(ResumeExpired) as raised:
+            await log.page(Page(after=0))
+        assert (raised.value.after, raised.value.purged_through) == (0, kept.seq - 1)
+        with pytest.raises(ResumeExpired):
+            async for _ in log.subscribe(after=1):
+                break
+        assert [e async for e in log.events(after=kept.seq - 1)] == [kept]
+        assert [e async for e in log.events()] == [kept]
