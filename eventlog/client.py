@@ -320,6 +320,7 @@ class _StreamPosition:
     last: int | None
     cut_off: bool = False  # the server cut it off for falling behind
     skip_expired: bool = False  # go on past events removed by retention (with a warning)
+    from_now: bool = False  # last is the head read at the start, nothing yielded since
     retry_after: float | None = None
     error: Exception = attrs.field(factory=lambda: ConnectionError("not connected"))
     failures: int = 0  # connections in a row that failed or ended
@@ -579,6 +580,7 @@ class EventLogClient:
         try:
             if at.last is None:  # "from now": pinned once the service first answers
                 at.last = await self._head(attempts=1)
+                at.from_now = True
             headers = {
                 **self._headers,
                 "Accept": "text/event-stream",
@@ -608,6 +610,11 @@ class EventLogClient:
                         return
                     if message.event == "expired":
                         gone = loads(message.data.encode())
+                        if at.from_now:
+                            # The head was read from the summaries, and every event went:
+                            # "now" is past them, so nothing asked for is missing.
+                            at.last = seq
+                            continue
                         if not at.skip_expired:
                             raise ExpiredError(410, {"code": "expired", **gone})
                         log.warning(
@@ -622,7 +629,7 @@ class EventLogClient:
                         at.last = seq
                     if message.event == "message" and message.data:
                         event = loads(message.data.encode())
-                        at.last = seq
+                        at.last, at.from_now = seq, False
                         yield event
                 at.error = _unreachable(ConnectionError("the server ended the stream"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -698,3 +698,18 @@ async def test_a_resume_point_that_retention_removed_raises_expired_or_is_skippe
         async with following(client, after=0, skip_expired=True) as got:
             await until(lambda: len(got) == 1)
     assert [e["event_id"] for e in got] == [str(kept.event_id)]
+
+
+async def test_tail_from_now_on_a_log_that_retention_emptied_yields_new_events(server):
+    """With every event removed, "now" (read from the summaries, none left) is below the
+    horizon: the tail is not told of a gap it never asked about, and yields what comes next."""
+    async with EventLogClient(url(server)) as client:
+        await client.emit_batch([body(n) for n in range(3)])
+        store = server.app[EVENT_LOG].store
+        await purge(store, datetime.now(UTC) + timedelta(seconds=1))
+        assert await client._head() == 0 < await store.purged_through()
+        async with following(client) as got:
+            await until(lambda: subscribers(server) == 1)
+            new = await client.emit(body(3))
+            await until(lambda: len(got) == 1)
+    assert [e["event_id"] for e in got] == [str(new.event_id)]
