@@ -624,7 +624,7 @@ class SqliteStore(EventStore):
         db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
         (free,) = db.execute("PRAGMA freelist_count").fetchone()
         (mode,) = db.execute("PRAGMA auto_vacuum").fetchone()
-        return free > 0 and mode == 2  # 2: incremental
+        return bool(free > 0 and mode == 2)  # 2: incremental
 
     async def reclaim(self, pages: int) -> bool:
         more = await self._in_writer(self._reclaim_sync, pages)
