@@ -196,9 +196,11 @@ def _cut_off(text: str) -> datetime:
 
 
 async def _purge(settings: Settings, before: datetime, dry_run: bool, archive: str | None) -> int:
-    async with store_from_settings(settings) as store:
+    # Checked read-only first: a SQLite file that is not there is an error, not a new file.
+    async with store_from_settings(settings, read_only=True) as store:
         if await store.pending_migrations():
             raise StoreError("the database schema is not current: run `eventlog migrate` first")
+    async with store_from_settings(settings) as store:
         result = await purge(store, before, dry_run=dry_run, archive=archive)
     if result.archived is not None:
         log.info("archived %d events to %s", result.archived, archive)

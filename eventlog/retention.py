@@ -30,9 +30,6 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 # the last ones took, so a slow disk or a busy database gets smaller steps.
 STEP_SECONDS = 0.015
 FIRST_STEP, MIN_STEP, MAX_STEP = 500, 50, 50_000
-# After each step the purge waits at least this long: a writer of another process (which polls
-# for SQLite's lock) gets its turn before the next step takes the lock again.
-PAUSE_SECONDS = 0.01
 RECLAIM_PAGES = 500  # SQLite pages a step of incremental vacuum frees (2 MiB of 4 KiB pages)
 ARCHIVE_PAGE = 1000
 
@@ -89,9 +86,9 @@ async def purge(
         # is not proportional to its size: it also waits for the disk).
         wanted = step * STEP_SECONDS / max(took, 1e-4)
         step = int(min(max(wanted, MIN_STEP), step * 1.5, MAX_STEP))
-        await asyncio.sleep(max(PAUSE_SECONDS, took))
+        await asyncio.sleep(max(store.purge_pause, took))
     while await store.reclaim(RECLAIM_PAGES):
-        await asyncio.sleep(PAUSE_SECONDS)
+        await asyncio.sleep(store.purge_pause)
     return PurgeResult(through, removed, archived)
 
 

@@ -431,6 +431,8 @@ class EventStore(abc.ABC):
     # How many write() calls the writer may have under way at once. The store still commits
     # them one after another; the overlap hides the time between one commit and the next call.
     write_concurrency: ClassVar[int] = 2
+    # Seconds a purge waits between two of its steps, for the writers it kept waiting.
+    purge_pause: ClassVar[float] = 0.01
 
     @abc.abstractmethod
     async def open(self) -> None:

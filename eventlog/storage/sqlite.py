@@ -262,6 +262,10 @@ class SqliteStore(EventStore):
     # Groups handed to the writer thread at once: those waiting when it finishes a transaction
     # go into the next one together, so the thread commits whatever is waiting.
     write_concurrency = 8
+    # A writer of another process (another `serve --workers` worker, a service beside
+    # `eventlog purge`) waits for the lock by sleeping, up to 50 ms at a time before it has
+    # waited a quarter of a second: a pause as long lets it in between two steps.
+    purge_pause = 0.05
 
     def __init__(
         self,

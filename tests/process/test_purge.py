@@ -130,3 +130,11 @@ def test_the_cut_off_time_is_read_as_rfc_3339(run_eventlog, dsn: str):
         "--dry-run",
     )
     assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+
+
+def test_purge_of_a_missing_sqlite_file_exits_1_and_creates_nothing(run_eventlog, tmp_path: Path):
+    """A purge has nothing to do on a file that is not there, and leaves none behind."""
+    path = tmp_path / "none.db"
+    done = run_eventlog("purge", "--dsn", f"sqlite:///{path}", "--before", "1d")
+    assert done.returncode == 1 and "no SQLite file" in done.stderr, done.stderr
+    assert not path.exists()
