@@ -50,7 +50,7 @@ class Expired:
 class _Subscriber:
     filter: Filter
     limit: int  # most events waiting; past it, the subscriber is cut off
-    queue: asyncio.Queue[list[Event] | UnreadableRow] = attrs.Factory(asyncio.Queue)
+    queue: asyncio.Queue[list[Event] | UnreadableRow | Expired] = attrs.Factory(asyncio.Queue)
     waiting: int = 0
     overflowed: bool = False
     ended: bool = False
@@ -166,10 +166,20 @@ class Hub:
                         sub.queue.put_nowait(e)
                 self._last = max(self._last, e.seq)
                 continue
+            read = len(events)
+            if events and events[0].seq != self._last + 1:
+                # Past a gap: a purge overtook the hub (it fell behind, say while the store
+                # failed). The subscribers are told, not handed the jump in silence.
+                horizon = await self._store.purged_through()
+                if self._last < horizon:
+                    for sub in list(self._subscribers):
+                        sub.queue.put_nowait(Expired(self._last, horizon))
+                    self._last = horizon
+                    events = [e for e in events if e.seq > horizon]
             if events:
                 self._fan_out(events)
                 self._last = max(self._last, events[-1].seq)
-            if len(events) < READ_PAGE:
+            if read < READ_PAGE:
                 return
 
     def _fan_out(self, events: list[Event]) -> None:
@@ -301,6 +311,11 @@ class Subscription:
                     chunk = await sub.queue.get()
             except TimeoutError:
                 yield None
+                continue
+            if isinstance(chunk, Expired):
+                if chunk.purged_through > self.position:
+                    yield Expired(self.position, chunk.purged_through)
+                    self.position = chunk.purged_through
                 continue
             if isinstance(chunk, UnreadableRow):
                 if chunk.seq is not None and chunk.seq > self.position:

@@ -23,8 +23,9 @@ from eventlog.envelope import Event, Execution
 from eventlog.log import EventLog
 from eventlog.problems import ResumeExpired
 from eventlog.retention import purge
-from eventlog.storage.base import EventStore, Page, execution_deltas
+from eventlog.storage.base import EventStore, Filter, Page, execution_deltas
 from eventlog.storage.registry import open_store
+from eventlog.stream import Expired
 
 from .test_contract import append, new_event
 
@@ -270,3 +271,21 @@ async def test_the_library_raises_resume_expired_for_a_removed_resume_point(dsn:
                 break
         assert [e async for e in log.events(after=kept.seq - 1)] == [kept]
         assert [e async for e in log.events()] == [kept]
+
+
+async def test_a_live_stream_overtaken_by_a_purge_is_told_not_jumped(dsn: str):
+    """The hub follows the log; if a purge removes events it has not read yet (it fell
+    behind), its subscribers get an Expired naming the horizon, then what comes after."""
+    async with EventLog.open(dsn, stream_poll_interval=60) as log:
+        async with log.follow(Filter(), heartbeat=None) as subscription:
+            chunks = subscription.chunks()
+            # Written behind the hub's back (no wake-up) and purged before it reads them.
+            missed = await append(log.store, *(new_event(1, next(_ids)) for _ in range(3)))
+            await asyncio.sleep(0.002)
+            (after,) = await append(log.store, new_event(1, next(_ids)))
+            await purge(log.store, after.ingested_at)
+            log.hub.notify()
+            async with asyncio.timeout(10):
+                gap = await anext(chunks)
+                assert gap == Expired(missed[0].seq - 1, missed[-1].seq)
+                assert await anext(chunks) == [after]
