@@ -10,6 +10,7 @@ from .problems import (
     NotFound,
     Overloaded,
     Problem,
+    ResumeExpired,
 )
 
 __version__ = "0.1.0"
@@ -24,4 +25,5 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "Problem",
+    "ResumeExpired",
 ]

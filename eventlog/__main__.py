@@ -1,4 +1,5 @@
-"""The command line: eventlog serve | migrate | partitions | tail | export | import | ids decode."""
+"""The command line: eventlog serve | migrate | partitions | tail | export | import | purge |
+vacuum | ids decode."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__, logs, tools
+from .codec import parse_timestamp
 from .config import ConfigError, Settings, load_settings, unknown_variables
 from .ids import decode
 from .problems import Problem
+from .retention import parse_duration, purge
 from .serving import serve
 from .storage.base import FILTERS, StoreError
 from .storage.registry import store_from_settings
@@ -101,6 +105,42 @@ def _parser() -> argparse.ArgumentParser:
         "file", help="NDJSON, one event per line (as `eventlog export` writes); - reads stdin"
     )
 
+    purge = commands.add_parser(
+        "purge",
+        help="remove the events ingested before a time, and print how many",
+        description="Remove every event ingested before --before (and nothing else), in short "
+        "steps while the service goes on serving; execution summaries follow, a stream or page "
+        "resumed from a removed seq is told so. Prints how many events were removed (0 when "
+        "none); with --dry-run, how many would be.",
+    )
+    _store_flags(purge)
+    purge.add_argument(
+        "--before",
+        required=True,
+        metavar="TIME|DURATION",
+        help="an RFC 3339 time with an offset (2026-01-01T00:00:00Z), or a duration back from "
+        "now (90d, 12h, 30m, 1d12h)",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="count what would be removed; remove nothing"
+    )
+    purge.add_argument(
+        "--archive",
+        metavar="FILE",
+        help="first write the events to remove to FILE as NDJSON (as `eventlog export` "
+        "writes; gzip when FILE ends in .gz); nothing is removed unless it is complete",
+    )
+
+    vacuum = commands.add_parser(
+        "vacuum",
+        help="give the space of removed events back (SQLite: VACUUM, once per older file)",
+        description="SQLite: rewrite the file (VACUUM) so that it shrinks, and switch it to "
+        "incremental auto-vacuum, after which purges shrink it step by step by themselves; "
+        "it locks the file for its whole run (stop the service, or choose a quiet time). "
+        "PostgreSQL: VACUUM (ANALYZE) the events and summaries now.",
+    )
+    _store_flags(vacuum)
+
     ids = commands.add_parser("ids", help="work with snowflake ids")
     id_commands = ids.add_subparsers(dest="ids_command", required=True)
     decode_cmd = id_commands.add_parser("decode", help="print an id's timestamp, node and sequence")
@@ -178,6 +218,39 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+def _cut_off(text: str) -> datetime:
+    """--before: an RFC 3339 time, or a duration back from now."""
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise ValueError(
+            f"--before {text!r} is neither an RFC 3339 time with an offset "
+            "(2026-01-01T00:00:00Z) nor a duration (90d, 12h, 30m)"
+        ) from None
+
+
+async def _purge(settings: Settings, before: datetime, dry_run: bool, archive: str | None) -> int:
+    # Checked read-only first: a SQLite file that is not there is an error, not a new file.
+    async with store_from_settings(settings, read_only=True) as store:
+        if await store.pending_migrations():
+            raise StoreError("the database schema is not current: run `eventlog migrate` first")
+    async with store_from_settings(settings) as store:
+        result = await purge(store, before, dry_run=dry_run, archive=archive)
+    if result.archived is not None:
+        log.info("archived %d events to %s", result.archived, archive)
+    print(result.removed)
+    return 0
+
+
+async def _vacuum(settings: Settings) -> int:
+    async with store_from_settings(settings) as store:
+        await store.vacuum()
+    print("vacuumed")
+    return 0
 
 
 def _decode(text: str) -> int:
@@ -237,6 +310,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             asyncio.run(tools.export(settings, args.execution_id, sys.stdout.buffer))
             return 0
+        if args.command == "purge":
+            try:
+                before = _cut_off(args.before)
+            except ValueError as e:
+                print(f"eventlog: {e}", file=sys.stderr)
+                return 2
+            return asyncio.run(_purge(settings, before, args.dry_run, args.archive))
+        if args.command == "vacuum":
+            return asyncio.run(_vacuum(settings))
         if args.command == "import":
             progress = sys.stderr if sys.stderr.isatty() else None
             asyncio.run(tools.import_file(settings, args.file, progress=progress))

@@ -90,6 +90,7 @@ __all__ = [
     "ConflictError",
     "EventLogClient",
     "EventLogError",
+    "ExpiredError",
     "Message",
     "Receipt",
     "UnavailableError",
@@ -123,6 +124,16 @@ class EventLogError(Exception):
 
 class ConflictError(EventLogError):
     """409: another event under this key, or an Idempotency-Key used for another body."""
+
+
+class ExpiredError(EventLogError):
+    """410 ``expired``, or a stream's ``event: expired``: retention removed events past the
+    resume point. ``resume_after`` goes on from the oldest seq still held."""
+
+    @property
+    def resume_after(self) -> int:
+        """The cursor that goes on from the oldest event still held."""
+        return int(self.problem["resume_after"])
 
 
 class UnavailableError(EventLogError):
@@ -161,6 +172,8 @@ def _error(status: int, reason: str | None, body: bytes) -> EventLogError:
         status in GATEWAY and not str(problem.get("type")).startswith(OWN_PROBLEM)
     )
     kind = ConflictError if status == 409 else UnavailableError if transient else EventLogError
+    if status == 410 and problem.get("code") == "expired":
+        kind = ExpiredError
     return kind(status, problem)
 
 
@@ -315,6 +328,8 @@ class _StreamPosition:
 
     last: int | None
     cut_off: bool = False  # the server cut it off for falling behind
+    skip_expired: bool = False  # go on past events removed by retention (with a warning)
+    from_now: bool = False  # last is the head read at the start, nothing yielded since
     retry_after: float | None = None
     error: Exception = attrs.field(factory=lambda: ConnectionError("not connected"))
     failures: int = 0  # connections in a row that failed or ended
@@ -545,19 +560,22 @@ class EventLogClient:
         forever: bool = False,
         max_wait: float | None = None,
         idle_timeout: float | None = 60.0,
+        skip_expired: bool = False,
         **filters: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """Events from the live stream, after seq ``after`` (or from now), resuming after every
         drop with no gap and no repeat; ``idle_timeout`` seconds without even a heartbeat count
         as a drop. Gives up after ``max_attempts`` failures in a row, or with ``forever`` only
-        once the service has been unreachable for ``max_wait`` seconds (None: never)."""
+        once the service has been unreachable for ``max_wait`` seconds (None: never). When
+        retention has removed events past the resume point, raises ExpiredError, or with
+        ``skip_expired`` logs a warning and goes on from the oldest event still held."""
         params = _filters(filters)
         path = (
             f"/api/executions/{int(execution_id)}/events/stream"
             if execution_id is not None
             else "/api/events/stream"
         )
-        at = _StreamPosition(None if after is None else int(after))
+        at = _StreamPosition(None if after is None else int(after), skip_expired=skip_expired)
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
         )
@@ -598,6 +616,7 @@ class EventLogClient:
         try:
             if at.last is None:  # "from now": pinned once the service first answers
                 at.last = await self._head(attempts=1)
+                at.from_now = True
             headers = {
                 **self._headers,
                 "Accept": "text/event-stream",
@@ -625,12 +644,28 @@ class EventLogClient:
                         at.cut_off = True
                         at.last = seq
                         return
+                    if message.event == "expired":
+                        gone = loads(message.data.encode())
+                        if at.from_now:
+                            # The head was read from the summaries, and every event went:
+                            # "now" is past them, so nothing asked for is missing.
+                            at.last = seq
+                            continue
+                        if not at.skip_expired:
+                            raise ExpiredError(410, {"code": "expired", **gone})
+                        log.warning(
+                            "events after seq %s were removed by retention; going on from the "
+                            "oldest held, seq %s",
+                            gone.get("after"),
+                            gone.get("oldest_seq"),
+                        )
+                        at.last = seq
                     if message.event == "unreadable":  # the server skips it
                         log.error("the stream skipped a stored row: %s", message.data)
                         at.last = seq
                     if message.event == "message" and message.data:
                         event = loads(message.data.encode())
-                        at.last = seq
+                        at.last, at.from_now = seq, False
                         yield event
                 at.error = _unreachable(ConnectionError("the server ended the stream"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:

@@ -332,6 +332,11 @@ def _timestamp(value: Any, _: Any) -> datetime:
     return moment
 
 
+def parse_timestamp(text: str) -> datetime:
+    """An RFC 3339 timestamp with an offset, in UTC; ValueError saying what is wrong."""
+    return _timestamp(text, None)
+
+
 def _result_kind(value: Any, _: Any) -> str:
     if value not in RESULT_KINDS or type(value) is not str:
         raise ValueError("must be one of " + ", ".join(f'"{k}"' for k in RESULT_KINDS))

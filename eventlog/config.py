@@ -7,6 +7,7 @@ import os
 import tomllib
 import typing
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +15,7 @@ import attrs
 from cattrs.errors import ClassValidationError
 
 from .codec import converter
+from .retention import parse_duration
 from .storage.registry import store_from_settings
 
 
@@ -40,6 +42,15 @@ def _one_of(*choices: str) -> Any:
 MIB = 1024 * 1024
 
 
+def _duration(text: str) -> timedelta | None:
+    if text == "off":
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise ValueError(f'retention: {e}, or "off"') from None
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Every setting, with its default; config/eventlog.toml documents each one."""
@@ -60,6 +71,10 @@ class Settings:
     writer_max_batch: int = attrs.field(default=1_000, validator=_between(1, 1_000_000))
     idempotency_ttl: float = attrs.field(default=86_400.0, validator=_between(1, 365 * 86_400))
     idempotency_purge_interval: float = attrs.field(default=300.0, validator=_between(0.1, 86_400))
+    # How long events are kept ("90d", "12h", "30m", "1d12h"; "off": for ever). The service
+    # removes older ones every retention_interval seconds, in short steps, as `eventlog purge`.
+    retention: str = attrs.field(default="off", validator=lambda _, a, v: _duration(v))
+    retention_interval: float = attrs.field(default=60.0, validator=_between(0.05, 86_400))
     stream_heartbeat: float = attrs.field(default=15.0, validator=_between(0.05, 3600))
     stream_poll_interval: float = attrs.field(default=1.0, validator=_between(0.01, 60))
     stream_queue_events: int = attrs.field(default=1000, validator=_between(1, 1_000_000))
@@ -90,6 +105,11 @@ class Settings:
     open_paths: list[str] = attrs.field(
         factory=lambda: ["/health", "/ready", "/metrics", "/api/openapi.json"]
     )
+
+    @property
+    def retention_period(self) -> timedelta | None:
+        """``retention`` as a duration; None when off."""
+        return _duration(self.retention)
 
     @property
     def auth_enabled(self) -> bool:

@@ -27,13 +27,15 @@ from .problems import (
     NotFound,
     NotYetReplicated,
     Problem,
+    ResumeExpired,
     UnreadableStoredRow,
     database_unavailable,
 )
+from .retention import purge
 from .storage import base as storage
 from .storage.base import EventStore, Filter, Key, Page, ReplicaLag, StoreError
 from .storage.registry import store_from_settings
-from .stream import CutOff, Hub, Subscription
+from .stream import CutOff, Expired, Hub, Subscription
 
 log = logging.getLogger("eventlog")
 
@@ -80,6 +82,7 @@ class EventLog:
         )
         self.running = False  # between start and close
         self._upkeep: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self._redact = frozenset(k.lower() for k in settings.redact_keys)
         self.metrics = Metrics()
         self._reads_failing = False
@@ -122,6 +125,29 @@ class EventLog:
             except Exception:  # the service runs on without it; writes make what they need
                 log.exception("the store's upkeep failed (it is tried again later)")
             await asyncio.sleep(UPKEEP_INTERVAL)
+        if self.settings.retention_period is not None:
+            self._retention = asyncio.create_task(self._retain(), name="eventlog-retention")
+        self.running = True
+
+    async def _retain(self) -> None:
+        """Every retention_interval: remove what is older than the retention period."""
+        period = self.settings.retention_period
+        assert period is not None
+        while True:
+            try:
+                result = await purge(self.store, now() - period)
+            except StoreError as e:
+                log.warning("retention could not remove old events (trying again later): %s", e)
+            except Exception:  # the loop must outlive any one failed purge
+                log.exception("retention failed (trying again later)")
+            else:
+                if result.removed:
+                    log.info(
+                        "retention removed %d events (through seq %d)",
+                        result.removed,
+                        result.through,
+                    )
+            await asyncio.sleep(self.settings.retention_interval)
 
     async def close(self) -> None:
         """Commit what is queued, then close the store."""
@@ -132,6 +158,12 @@ class EventLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._upkeep
             self._upkeep = None
+        if self._retention is not None:
+            # Between two steps or within one: a step is one transaction, whole or not at all.
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+            self._retention = None
         try:
             await self.writer.stop()
         finally:
@@ -236,8 +268,23 @@ class EventLog:
         return event
 
     async def page(self, page: Page) -> list[Event]:
-        """One page of events in seq order."""
-        return await self._reading(lambda: self.store.page(page))
+        """One page of events in seq order. ResumeExpired when the page goes on from a seq
+        (``after``, ascending) below the purge horizon: the events past it that it would have
+        started with are gone, and a page that silently began later would hide that."""
+        events = await self._reading(lambda: self.store.page(page))
+        if page.after is not None and not page.descending:
+            await self.check_resume(page, events)
+        return events
+
+    async def check_resume(self, page: Page, events: list[Event]) -> None:
+        """Raise ResumeExpired if ``events``, read for ``page``, may have missed removed ones."""
+        assert page.after is not None
+        if events and events[0].seq == page.after + 1:
+            return  # it starts just past the cursor: nothing can be missing
+        # Read after the page: the horizon only grows, so a purge that overtook the read is seen.
+        horizon = await self._reading(self.store.purged_through)
+        if page.after < horizon:
+            raise ResumeExpired(page.after, horizon)
 
     async def pages(
         self,
@@ -295,7 +342,9 @@ class EventLog:
     ) -> LiveEvents:
         """Matching events with seq > ``after`` (from this call when None): stored ones first,
         then live ones as they commit, with no gap and no repeat, until the log closes.
-        ``async for event in log.subscribe(...)``, or ``async with`` it to end it early."""
+        ``async for event in log.subscribe(...)``, or ``async with`` it to end it early.
+        Raises ResumeExpired when retention has removed events past ``after`` (resubscribe
+        with its ``purged_through`` to go on from the oldest held)."""
         try:
             return LiveEvents(self.hub, Filter(execution_id, **filters), after)
         except StoreError as e:
@@ -466,6 +515,8 @@ async def _follow(
                     if isinstance(chunk, list):  # (an unreadable row was logged where met)
                         for event in chunk:
                             yield event
+                    elif isinstance(chunk, Expired):
+                        raise ResumeExpired(chunk.after, chunk.purged_through)
                 return  # the log closed
             except CutOff as e:
                 current[0].close()

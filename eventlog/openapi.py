@@ -50,6 +50,7 @@ from .problems import (
     NotYetReplicated,
     Overloaded,
     Problem,
+    ResumeExpired,
     TooManyEvents,
     Unauthorized,
     UnreadableStoredRow,
@@ -287,6 +288,9 @@ def _execution_schema() -> dict[str, Any]:
     )
 
 
+_ID_STRING = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+
+
 def _problem_schema() -> dict[str, Any]:
     return {
         "type": "object",
@@ -306,6 +310,17 @@ def _problem_schema() -> dict[str, Any]:
                     "required": ["path", "message"],
                     "additionalProperties": False,
                 },
+            },
+            # 410 expired: retention removed the events past the cursor.
+            "oldest_seq": {
+                **_ID_STRING,
+                "description": "expired: the oldest seq still held",
+            },
+            "after": {**_ID_STRING, "description": "expired: the cursor asked for"},
+            "resume_after": {
+                **_ID_STRING,
+                "description": "expired: the cursor that goes on from the oldest seq held "
+                "(the events between are gone)",
             },
         },
         "required": ["type", "title", "status", "detail", "code"],
@@ -425,7 +440,14 @@ def _parameters() -> dict[str, Any]:
             "only this execution's events",
         ),
         "Limit": _param("limit", "query", limit, "page size"),
-        "After": _param("after", "query", after, "a next_cursor: start just past it"),
+        "After": _param(
+            "after",
+            "query",
+            after,
+            "a next_cursor: start just past it. Feed and event pages (ascending): a cursor "
+            "below the seq retention removed through is a 410 `expired` naming the oldest seq "
+            "held, never a page that silently starts later",
+        ),
         "Order": _param("order", "query", {"enum": ["asc", "desc"], "default": "asc"}),
         "MinSeq": _param(
             "min_seq",
@@ -566,7 +588,10 @@ _STREAM = _reply(
     "data is the Event; a comment line after each quiet heartbeat; a subscriber too far behind "
     "gets a final `event: cutoff` message and is disconnected; a stored row that cannot be "
     "read is an `event: unreadable` message naming it, whose id is its seq, and the stream "
-    "goes on.",
+    "goes on. Resumed (Last-Event-ID or ?after=) from a seq that retention has since removed, "
+    "the stream first sends `event: expired`, whose id is the last removed seq and whose data "
+    'is {"reason", "oldest_seq", "after", "resume_after"} (ids as strings), then goes on '
+    "from the oldest event held.",
     SSE,
     {"type": "string"},
 )
@@ -695,7 +720,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
     ("GET", "/api/events"): _Operation(
         "The feed: the whole log in commit order, filtered, a page at a time",
         {200: _reply("A page", schema=_schema("EventPage"))},
-        _READ,
+        (*_READ, ResumeExpired),
         ("After", "Limit", "Order", "ExecutionIdQuery", *_FILTERS, "MinSeq"),
     ),
     ("GET", "/api/events/stream"): _Operation(
@@ -729,7 +754,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
                 "A page (empty for an unknown execution)", schema=_schema("ExecutionEventPage")
             )
         },
-        _READ,
+        (*_READ, ResumeExpired),
         ("ExecutionIdPath", "After", "Limit", "Order", "MinSeq"),
     ),
     ("GET", "/api/executions/{execution_id}/events/stream"): _Operation(

@@ -93,6 +93,35 @@ NotYetReplicated = _problem(
 )
 InternalError = _problem(500, "internal_error", "Internal error")
 
+_Expired = _problem(410, "expired", "The resume point is older than the events kept")
+
+
+class ResumeExpired(_Expired):  # type: ignore[misc,valid-type]
+    """A reader asked for the events after a seq that retention has since removed: it is
+    told so, with where the kept events start, rather than handed a page with a gap."""
+
+    def __init__(self, after: int, purged_through: int) -> None:
+        super().__init__(
+            f"the events after seq {after} up to seq {purged_through} were removed by "
+            f"retention; the oldest seq still held is {purged_through + 1} (resume with after="
+            f"{purged_through} to go on from there, knowing that the others are gone)"
+        )
+        self.after = after
+        self.purged_through = purged_through
+
+    def to_dict(self) -> dict[str, Any]:
+        """The problem document, with the oldest seq held, the seq asked for, and the cursor
+        that goes on from the oldest (ids as strings, as everywhere)."""
+        return {
+            **super().to_dict(),
+            "oldest_seq": str(self.purged_through + 1),
+            "after": str(self.after),
+            "resume_after": str(self.purged_through),
+        }
+
+
+PROBLEMS["expired"] = ResumeExpired
+
 DB_UNAVAILABLE_DETAIL = "the database is unavailable; retry after the delay given in Retry-After"
 
 

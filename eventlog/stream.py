@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 import attrs
 
 from .envelope import Event
+from .problems import ResumeExpired
 from .storage.base import EventStore, Filter, Page, StoreError, StoreUnavailable, UnreadableRow
 
 log = logging.getLogger("eventlog.stream")
@@ -42,11 +43,21 @@ class CutOff(Exception):
         self.last_seq = last_seq
 
 
+@attrs.frozen
+class Expired:
+    """In a subscription's chunks, before anything else: the reader resumes after seq ``after``
+    but retention has removed the events through ``purged_through``; the chunks go on from
+    there."""
+
+    after: int
+    purged_through: int
+
+
 @attrs.define(eq=False)
 class _Subscriber:
     filter: Filter
     limit: int  # most events waiting; past it, the subscriber is cut off
-    queue: asyncio.Queue[list[Event] | UnreadableRow] = attrs.Factory(asyncio.Queue)
+    queue: asyncio.Queue[list[Event] | UnreadableRow | Expired] = attrs.Factory(asyncio.Queue)
     waiting: int = 0
     overflowed: bool = False
     ended: bool = False
@@ -188,10 +199,20 @@ class Hub:
                         sub.queue.put_nowait(e)
                 self._last = max(self._last, e.seq)
                 continue
+            read = len(events)
+            if events and events[0].seq != self._last + 1:
+                # Past a gap: a purge overtook the hub (it fell behind, say while the store
+                # failed). The subscribers are told, not handed the jump in silence.
+                horizon = await self._store.purged_through()
+                if self._last < horizon:
+                    for sub in list(self._subscribers):
+                        sub.queue.put_nowait(Expired(self._last, horizon))
+                    self._last = horizon
+                    events = [e for e in events if e.seq > horizon]
             if events:
                 self._fan_out(events)
                 self._last = max(self._last, events[-1].seq)
-            if len(events) < READ_PAGE:
+            if read < READ_PAGE:
                 return
 
     def _fan_out(self, events: list[Event]) -> None:
@@ -227,7 +248,8 @@ class Subscription:
 
     Yields the matching events, first those already stored, then live ones, with no gap and
     no repeat; None after each quiet ``heartbeat`` (never, when it is None). Raises CutOff when the subscriber falls too
-    far behind; ends when the log closes. Live events are collected from the moment the block
+    far behind, ResumeExpired when retention removed events past ``after``; ends when the log
+    closes. Live events are collected from the moment the block
     is entered.
     """
 
@@ -269,23 +291,40 @@ class Subscription:
         async for chunk in self.chunks():
             if chunk is None:
                 yield None
+            elif isinstance(chunk, Expired):
+                raise ResumeExpired(chunk.after, chunk.purged_through)
             elif not isinstance(chunk, UnreadableRow):  # (logged where it was met)
                 for event in chunk:
                     yield event
 
-    async def chunks(self) -> AsyncIterator[list[Event] | UnreadableRow | None]:
+    async def chunks(self) -> AsyncIterator[list[Event] | UnreadableRow | Expired | None]:
         """The same events, in lists of those that arrived together (for writers that can send
         several at once); an UnreadableRow in place of a stored row that cannot be read (the
-        stream goes on past it)."""
+        stream goes on past it); an Expired when the events after the resume point have been
+        removed (the stream goes on from the oldest held)."""
         sub, start, store = self._sub, self._start, self._hub._store
         self.position = start if self._after is None else self._after
         if self._hub.closed:
             return  # the log is closing or closed: its store may be gone
+        if self._after is not None:
+            horizon = await store.purged_through()
+            if self.position < horizon:
+                yield Expired(self.position, horizon)
+                self.position = horizon
         # What was missed, read from the store up to where the queue takes over.
         while self.position < start:
             page = sub.filter.page(after=self.position, until=start, limit=READ_PAGE)
             try:
                 events = await store.page(page)
+                read = len(events)
+                if not events or events[0].seq != self.position + 1:
+                    # A purge may have overtaken this reader since: the horizon, read after
+                    # the page, says so (it only grows).
+                    horizon = await store.purged_through()
+                    if self.position < horizon:
+                        yield Expired(self.position, horizon)
+                        self.position = horizon
+                        events = [e for e in events if e.seq > horizon]
             except UnreadableRow as e:
                 if e.seq is None:
                     raise
@@ -298,7 +337,7 @@ class Subscription:
             if events:
                 yield events
                 self.position = events[-1].seq
-            if len(events) < READ_PAGE:
+            if read < READ_PAGE:
                 break
         self.position = max(self.position, start)
         while not (sub.ended and sub.queue.empty()):
@@ -309,6 +348,11 @@ class Subscription:
                     chunk = await sub.queue.get()
             except TimeoutError:
                 yield None
+                continue
+            if isinstance(chunk, Expired):
+                if chunk.purged_through > self.position:
+                    yield Expired(self.position, chunk.purged_through)
+                    self.position = chunk.purged_through
                 continue
             if isinstance(chunk, UnreadableRow):
                 if chunk.seq is not None and chunk.seq > self.position:

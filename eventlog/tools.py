@@ -6,14 +6,13 @@ import logging
 import sys
 from typing import IO, Any
 
-import orjson
-
 from .client import EventLogClient, EventLogError, Message, read_sse
-from .codec import converter, dumps, loads, structure_batch
+from .codec import dumps, loads, structure_batch
 from .config import Settings, describe_dsn
 from .envelope import Event
 from .log import EventLog
 from .problems import Problem
+from .retention import ndjson
 from .storage.base import Page, StoreError, UnreadableRow, load_migrations
 from .storage.registry import store_from_settings
 
@@ -43,7 +42,15 @@ async def tail(
     async with EventLogClient(url, token=token) as client:
         try:
             chosen: dict[str, Any] = dict(filters)
-            stream = client.tail(after, execution_id, forever=True, max_wait=max_wait, **chosen)
+            # A person watching is told of removed events by a warning, and the tail goes on.
+            stream = client.tail(
+                after,
+                execution_id,
+                forever=True,
+                max_wait=max_wait,
+                skip_expired=True,
+                **chosen,
+            )
             async for event in stream:
                 out.write(dumps(event).decode() + "\n")
                 out.flush()
@@ -98,7 +105,7 @@ async def export(settings: Settings, execution_id: int | None, out: IO[bytes]) -
 
 
 def _write_events(out: IO[bytes], events: list[Event]) -> int:
-    out.write(b"".join(orjson.dumps(converter.unstructure(e)) + b"\n" for e in events))
+    out.write(ndjson(events))
     return len(events)
 
 

@@ -44,7 +44,7 @@ from .problems import (
     UnsupportedMediaType,
 )
 from .storage.base import FILTERS, Filter, Page, StoreError, UnreadableRow
-from .stream import CutOff
+from .stream import CutOff, Expired
 from .typedefs import (
     EVENT_LOG,
     QUERY_NAMES,
@@ -504,6 +504,8 @@ async def _stream(request: web.Request, filter: Filter) -> web.StreamResponse:
                     await response.write(b": keep-alive\n\n")
                 elif isinstance(chunk, UnreadableRow):
                     await response.write(_unreadable(chunk))
+                elif isinstance(chunk, Expired):
+                    await response.write(_expired(chunk))
                 else:
                     await response.write(b"".join(_sse(request.app, e) for e in chunk))
             # The log is closing: say so, and where to resume, rather than just hanging up.
@@ -533,6 +535,18 @@ def _unreadable(row: UnreadableRow) -> bytes:
         "event_id": None if row.event_id is None else str(row.event_id),
     }
     return b"event: unreadable\nid: %d\ndata: %s\n\n" % (row.seq or 0, orjson.dumps(data))
+
+
+def _expired(gap: Expired) -> bytes:
+    """The events after the resume point are gone: said before anything else. Its id is the
+    horizon, so that a reconnecting EventSource goes on from the oldest held, told once."""
+    data = {
+        "reason": "the events after the resume point were removed by retention",
+        "oldest_seq": str(gap.purged_through + 1),
+        "after": str(gap.after),
+        "resume_after": str(gap.purged_through),
+    }
+    return b"event: expired\nid: %d\ndata: %s\n\n" % (gap.purged_through, orjson.dumps(data))
 
 
 def _final(kind: str, reason: str, resume_after: int) -> bytes:

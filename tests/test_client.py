@@ -10,6 +10,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -21,12 +22,14 @@ from eventlog.client import (
     ConflictError,
     EventLogClient,
     EventLogError,
+    ExpiredError,
     Receipt,
     UnavailableError,
 )
 from eventlog.codec import structure_envelope
 from eventlog.config import Settings
 from eventlog.ids import decode
+from eventlog.retention import purge
 from eventlog.typedefs import EVENT_LOG
 from eventlog.web import create_app
 
@@ -687,3 +690,41 @@ async def test_tail_forever_with_max_wait_gives_up_after_that_long_unreachable(s
                 pass
     assert 0.5 <= time.monotonic() - started < 3.0
     assert caught.value.code == "unreachable"
+
+
+async def test_a_resume_point_that_retention_removed_raises_expired_or_is_skipped(server):
+    """Resumed below the purge horizon, tail() and events() raise ExpiredError naming where the
+    kept events start; tail(skip_expired=True) warns and goes on from the oldest held."""
+    async with EventLogClient(url(server)) as client:
+        await client.emit_batch([body(n) for n in range(3)])
+        await asyncio.sleep(0.002)
+        kept = await client.emit(body(3))
+        stored_kept = [e async for e in client.events(after=3)]
+        cut = datetime.fromisoformat(stored_kept[0]["ingested_at"].replace("Z", "+00:00"))
+        assert (await purge(server.app[EVENT_LOG].store, cut)).removed == 3
+        with pytest.raises(ExpiredError) as raised:
+            async for _ in client.tail(after=1):
+                pass
+        assert raised.value.resume_after == 3 and raised.value.problem["oldest_seq"] == "4"
+        with pytest.raises(ExpiredError) as raised:
+            async for _ in client.events(after=0):
+                pass
+        assert raised.value.status == 410 and raised.value.resume_after == 3
+        async with following(client, after=0, skip_expired=True) as got:
+            await until(lambda: len(got) == 1)
+    assert [e["event_id"] for e in got] == [str(kept.event_id)]
+
+
+async def test_tail_from_now_on_a_log_that_retention_emptied_yields_new_events(server):
+    """With every event removed, "now" (read from the summaries, none left) is below the
+    horizon: the tail is not told of a gap it never asked about, and yields what comes next."""
+    async with EventLogClient(url(server)) as client:
+        await client.emit_batch([body(n) for n in range(3)])
+        store = server.app[EVENT_LOG].store
+        await purge(store, datetime.now(UTC) + timedelta(seconds=1))
+        assert await client._head() == 0 < await store.purged_through()
+        async with following(client) as got:
+            await until(lambda: subscribers(server) == 1)
+            new = await client.emit(body(3))
+            await until(lambda: len(got) == 1)
+    assert [e["event_id"] for e in got] == [str(new.event_id)]

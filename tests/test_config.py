@@ -177,3 +177,33 @@ def test_read_dsn_is_a_postgresql_standby_of_a_postgresql_dsn() -> None:
     for dsn, read_dsn in (("sqlite:///x.db", standby), (pg, "sqlite:///x.db")):
         with pytest.raises(ConfigError, match="read_dsn"):
             load_settings(env={"EVENTLOG_DSN": dsn, "EVENTLOG_READ_DSN": read_dsn})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90d", 90 * 86_400),
+        ("12h", 43_200),
+        ("30m", 1800),
+        ("45s", 45),
+        ("2w", 1_209_600),
+        ("1d12h", 129_600),
+    ],
+)
+def test_retention_is_read_as_a_duration(text: str, seconds: int) -> None:
+    """retention takes a number and a unit (or several), from the file or the environment."""
+    settings = load_settings(env={"EVENTLOG_RETENTION": text})
+    assert settings.retention_period is not None
+    assert settings.retention_period.total_seconds() == seconds
+
+
+def test_retention_is_off_by_default() -> None:
+    """Nothing is removed unless retention is set."""
+    assert load_settings(env={}).retention_period is None
+
+
+@pytest.mark.parametrize("text", ["90", "d", "90 d", "1.5h", "0d", "-1d", "forever", ""])
+def test_a_retention_that_is_no_duration_is_a_config_error_naming_it(text: str) -> None:
+    """A bad retention stops the program, saying what a duration looks like."""
+    with pytest.raises(ConfigError, match="retention"):
+        load_settings(env={"EVENTLOG_RETENTION": text})

@@ -452,6 +452,8 @@ class EventStore(abc.ABC):
     # How many write() calls the writer may have under way at once. The store still commits
     # them one after another; the overlap hides the time between one commit and the next call.
     write_concurrency: ClassVar[int] = 2
+    # Seconds a purge waits between two of its steps, for the writers it kept waiting.
+    purge_pause: ClassVar[float] = 0.01
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -532,6 +534,39 @@ class EventStore(abc.ABC):
         """How far the replica reads lag behind the writes; None without a replica. Raises
         StoreUnavailable when the database written to does not answer."""
         return None
+
+    # --- retention: a purge removes the oldest events, a short transaction at a time --------
+
+    @abc.abstractmethod
+    async def purged_through(self) -> int:
+        """The purge horizon: every event at or below this seq has been removed (0: none)."""
+
+    @abc.abstractmethod
+    async def purge_cut(self, before: datetime) -> int:
+        """The highest seq a purge of what was ingested before ``before`` removes through: the
+        last one before the oldest event ingested at or after it (the head when there is
+        none); never below the horizon."""
+
+    @abc.abstractmethod
+    async def count_through(self, through: int) -> int:
+        """How many events are held at or below seq ``through``."""
+
+    @abc.abstractmethod
+    async def purge_chunk(self, through: int, limit: int) -> int:
+        """In one short transaction, serialised with the writer: remove the oldest held events,
+        at most ``limit`` seq values of them and none past ``through``, correct the summaries
+        of their executions (dropping those left without events) and move the horizon;
+        returns how many events were removed."""
+
+    async def reclaim(self, pages: int) -> bool:
+        """Give up to ``pages`` free pages back to the file system (where the database keeps
+        them); True while more remain."""
+        return False
+
+    @abc.abstractmethod
+    async def vacuum(self) -> None:
+        """Rewrite the storage so that the space of removed events is returned (long: an
+        operator runs it, the service never does)."""
 
     async def listen(self, callback: Callable[[int | None], None]) -> None:
         """Call ``callback`` when another process commits events, with the seq committed up to

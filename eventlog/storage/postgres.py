@@ -16,6 +16,7 @@ import attrs
 
 from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
+from ..status import TERMINAL_EVENTS
 from . import partitions
 from .base import (
     CLAIM_COLUMNS,
@@ -148,6 +149,39 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamp
 ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, outcome = EXCLUDED.outcome,
     created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
 """
+
+
+# One purge step: the removed events' executions as parallel arrays (id, count, earliest
+# and latest created_at, whether a terminal event was among them). The events left of each
+# execution are all newer than those removed: its last event (type, seq) stays; its count, its
+# created_at range (when a removed event held an end of it) and, when its last terminal event
+# went, its status change.
+_PURGE_GONE = """
+WITH gone AS (DELETE FROM events WHERE seq > $1 AND seq <= $2
+              RETURNING execution_id, created_at, event_type)
+SELECT execution_id, count(*) AS n, min(created_at) AS first_at, max(created_at) AS last_at,
+       bool_or(lower(event_type) = ANY($3::text[])) AS terminal
+FROM gone GROUP BY execution_id
+"""
+_PURGE_SUMMARIES = """
+WITH d AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[],
+                         $5::boolean[]) AS d(execution_id, n, first_at, last_at, terminal)
+)
+UPDATE executions x SET
+    event_count = x.event_count - d.n,
+    first_event_at = CASE WHEN d.first_at > x.first_event_at THEN x.first_event_at ELSE
+        COALESCE((SELECT min(e.created_at) FROM events e WHERE e.execution_id = x.execution_id),
+                 x.first_event_at) END,
+    last_event_at = CASE WHEN d.last_at < x.last_event_at THEN x.last_event_at ELSE
+        COALESCE((SELECT max(e.created_at) FROM events e WHERE e.execution_id = x.execution_id),
+                 x.last_event_at) END,
+    status = CASE WHEN d.terminal AND NOT EXISTS (
+        SELECT 1 FROM events e WHERE e.execution_id = x.execution_id
+        AND lower(e.event_type) = ANY($6::text[])) THEN 'RUNNING' ELSE x.status END
+FROM d WHERE x.execution_id = d.execution_id
+"""
+_TERMINAL = list(TERMINAL_EVENTS)
 
 
 def _delta_args(events: Sequence[NewEvent], base: int) -> list[list[Any]]:
@@ -677,6 +711,70 @@ class PostgresStore(EventStore):
         with _translated():
             head: int = await self.reads.fetchval(_HEAD)
         return head
+
+    async def purged_through(self) -> int:
+        with _translated():
+            horizon: int = await self.pool.fetchval(
+                "SELECT purged_seq FROM eventlog_head WHERE id = 1"
+            )
+        return horizon
+
+    async def purge_cut(self, before: datetime) -> int:
+        # The primary key walks the oldest events first and stops at the first kept one: no
+        # index on ingested_at is needed (ingested_at grows with seq: one lock assigns both).
+        with _translated():
+            cut: int = await self.pool.fetchval(
+                "SELECT GREATEST(COALESCE((SELECT seq - 1 FROM events WHERE ingested_at >= $1 "
+                "ORDER BY seq LIMIT 1), last_seq), purged_seq) FROM eventlog_head WHERE id = 1",
+                before,
+            )
+        return cut
+
+    async def count_through(self, through: int) -> int:
+        with _translated():
+            count: int = await self.pool.fetchval(
+                "SELECT count(*) FROM events WHERE seq <= $1", through
+            )
+        return count
+
+    async def purge_chunk(self, through: int, limit: int) -> int:
+        with _translated():
+            async with (
+                asyncio.timeout(self._connect_timeout + self._command_timeout),
+                self.pool.acquire() as conn,
+                conn.transaction(),
+            ):
+                # The head's row lock first, as every write takes it: purges and writes take
+                # turns, and the summaries they both change are never locked in two orders.
+                horizon: int = await conn.fetchval(
+                    "SELECT purged_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+                )
+                high = min(horizon + limit, through)
+                if high <= horizon:
+                    return 0
+                gone = await conn.fetch(_PURGE_GONE, horizon, high, _TERMINAL)
+                await conn.execute(
+                    _PURGE_SUMMARIES,
+                    [r["execution_id"] for r in gone],
+                    [r["n"] for r in gone],
+                    [r["first_at"] for r in gone],
+                    [r["last_at"] for r in gone],
+                    [r["terminal"] for r in gone],
+                    _TERMINAL,
+                )
+                await conn.execute(
+                    "DELETE FROM executions WHERE execution_id = ANY($1::bigint[]) "
+                    "AND event_count <= 0",
+                    [r["execution_id"] for r in gone],
+                )
+                await conn.execute("UPDATE eventlog_head SET purged_seq = $1 WHERE id = 1", high)
+        return sum(r["n"] for r in gone)
+
+    async def vacuum(self) -> None:
+        # Autovacuum reuses the space in time; this does it now and refreshes the statistics.
+        with _translated():
+            async with self.pool.acquire() as conn:
+                await conn.execute("VACUUM (ANALYZE) events, executions")
 
     async def execution(self, execution_id: int) -> Execution | None:
         with _translated():

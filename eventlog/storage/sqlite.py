@@ -23,6 +23,7 @@ import orjson
 
 from ..envelope import Event, Execution, NewEvent
 from ..ids import MAX_ID
+from ..status import TERMINAL_EVENTS
 from .base import (
     CLAIM_COLUMNS,
     EXECUTION_COLUMNS,
@@ -104,6 +105,14 @@ class _EventSql:
     stored: Callable[[NewEvent, int, datetime], Event]
 
 
+# The head: the newest event, or the purge horizon once every event is gone (seq never goes back).
+_HEAD = (
+    "max(COALESCE((SELECT MAX(seq) FROM events), 0), "
+    "(SELECT purged_seq FROM eventlog_head WHERE id = 1))"
+)
+_TERMINAL = ", ".join(f"'{t}'" for t in TERMINAL_EVENTS)
+
+
 @functools.cache
 def _event_sql(table: EventTable) -> _EventSql:
     """Built once per table."""
@@ -112,7 +121,7 @@ def _event_sql(table: EventTable) -> _EventSql:
         columns=columns,
         insert=f"INSERT INTO events ({columns}) VALUES {{rows}}",
         head_and_find=(
-            "SELECT h.head, e.* FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM events) h "
+            f"SELECT h.head, e.* FROM (SELECT {_HEAD} AS head) h "
             f"LEFT JOIN (SELECT {columns} FROM events WHERE (execution_id, event_id) IN "
             "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
             "FROM json_each(?))) e"
@@ -271,6 +280,10 @@ class SqliteStore(EventStore):
     # Groups handed to the writer thread at once: those waiting when it finishes a transaction
     # go into the next one together, so the thread commits whatever is waiting.
     write_concurrency = 8
+    # A writer of another process (another `serve --workers` worker, a service beside
+    # `eventlog purge`) waits for the lock by sleeping, up to 50 ms at a time before it has
+    # waited a quarter of a second: a pause as long lets it in between two steps.
+    purge_pause = 0.05
 
     def __init__(
         self,
@@ -295,6 +308,7 @@ class SqliteStore(EventStore):
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None  # opened by the first purge
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> SqliteStore:
@@ -310,6 +324,10 @@ class SqliteStore(EventStore):
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row  # rows are read by column name
+        # Takes effect in a new file (before its first table), so that purges can hand freed
+        # pages back step by step; an older file keeps its mode until a VACUUM (which this
+        # setting then converts): `eventlog vacuum`.
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         for pragma in self._pragmas():
             db.execute(pragma)
         return db
@@ -397,6 +415,9 @@ class SqliteStore(EventStore):
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
@@ -547,6 +568,101 @@ class SqliteStore(EventStore):
     async def purge_keys(self, now: datetime) -> int:
         return await self._in_writer(self._purge_sync, now)
 
+    def _purge_chunk_sync(self, through: int, limit: int) -> int:
+        with self._immediate() as db:
+            (horizon,) = db.execute("SELECT purged_seq FROM eventlog_head WHERE id = 1").fetchone()
+            high = min(horizon + limit, through)
+            if high <= horizon:
+                return 0
+            span = (horizon, high)
+            gone = db.execute(
+                "SELECT execution_id, count(*), min(created_at), max(created_at), "
+                f"max(lower(event_type) IN ({_TERMINAL})) FROM events "
+                "WHERE seq > ? AND seq <= ? GROUP BY execution_id",
+                span,
+            ).fetchall()
+            removed: int = db.execute(
+                "DELETE FROM events WHERE seq > ? AND seq <= ?", span
+            ).rowcount
+            # The events left of each execution are all newer than those removed: its last
+            # event (type, seq) stays; its count, its created_at range (when a removed event
+            # held an end of it) and, when its last terminal event went, its status change.
+            db.executemany(
+                "UPDATE executions SET event_count = event_count - ? WHERE execution_id = ?",
+                [(n, x) for x, n, *_ in gone],
+            )
+            ids = [(x,) for x, *_ in gone]
+            db.executemany(
+                "DELETE FROM executions WHERE execution_id = ? AND event_count <= 0", ids
+            )
+            db.executemany(
+                "UPDATE executions SET first_event_at = (SELECT min(created_at) FROM events e "
+                "WHERE e.execution_id = executions.execution_id) "
+                "WHERE execution_id = ? AND first_event_at >= ?",
+                [(x, first) for x, _, first, _, _ in gone],
+            )
+            db.executemany(
+                "UPDATE executions SET last_event_at = (SELECT max(created_at) FROM events e "
+                "WHERE e.execution_id = executions.execution_id) "
+                "WHERE execution_id = ? AND last_event_at <= ?",
+                [(x, last) for x, _, _, last, _ in gone],
+            )
+            db.executemany(
+                "UPDATE executions SET status = 'RUNNING' WHERE execution_id = ? "
+                "AND status <> 'RUNNING' AND NOT EXISTS (SELECT 1 FROM events e WHERE "
+                f"e.execution_id = executions.execution_id AND lower(e.event_type) IN ({_TERMINAL}))",
+                [(x,) for x, *_, terminal in gone if terminal],
+            )
+            db.execute("UPDATE eventlog_head SET purged_seq = ? WHERE id = 1", (high,))
+        return removed
+
+    async def purge_chunk(self, through: int, limit: int) -> int:
+        removed = await self._in_writer(self._purge_chunk_sync, through, limit)
+        await self._checkpoint()
+        return removed
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the file on a connection of its own, in a thread of its own: a
+        purge writes the WAL full fast, and the writer thread would otherwise run the
+        checkpoint itself inside a commit (measured: 100 ms that every write waits for).
+        PASSIVE: it takes no lock that writers need."""
+
+        def run() -> None:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                self._checkpointer.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        with _translated():
+            await asyncio.to_thread(run)
+
+    def _reclaim_sync(self, pages: int) -> bool:
+        db = self._writer
+        assert db is not None
+        # sqlite3's execute() steps this pragma once, freeing one page; sqlite3_exec (through
+        # executescript, which commits nothing here: no transaction is open) runs it through.
+        db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+        (mode,) = db.execute("PRAGMA auto_vacuum").fetchone()
+        return bool(free > 0 and mode == 2)  # 2: incremental
+
+    async def reclaim(self, pages: int) -> bool:
+        more = await self._in_writer(self._reclaim_sync, pages)
+        await self._checkpoint()
+        return more
+
+    def _vacuum_sync(self) -> None:
+        db = self._writer
+        assert db is not None
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # VACUUM applies it to an older file
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    async def vacuum(self) -> None:
+        await self._in_writer(self._vacuum_sync)
+
     def _migrate_sync(self) -> list[str]:
         done = []
         # The write lock first, so two processes starting together apply each step once.
@@ -613,9 +729,36 @@ class SqliteStore(EventStore):
 
     async def head(self) -> int:
         with _translated():
-            cursor = await self._r.execute("SELECT COALESCE(MAX(seq), 0) FROM events")
+            cursor = await self._r.execute(f"SELECT {_HEAD}")
             row = await cursor.fetchone()
         assert row is not None  # an aggregate always yields its one row
+        return int(row[0])
+
+    async def purged_through(self) -> int:
+        with _translated():
+            cursor = await self._r.execute("SELECT purged_seq FROM eventlog_head WHERE id = 1")
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def purge_cut(self, before: datetime) -> int:
+        # The seq index walks the oldest events first and stops at the first kept one: no
+        # index on ingested_at is needed (ingested_at grows with seq: one lock assigns both).
+        with _translated():
+            cursor = await self._r.execute(
+                "SELECT max(COALESCE((SELECT seq - 1 FROM events WHERE ingested_at >= ? "
+                f"ORDER BY seq LIMIT 1), {_HEAD}), "
+                "(SELECT purged_seq FROM eventlog_head WHERE id = 1))",
+                (_micros(before),),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def count_through(self, through: int) -> int:
+        with _translated():
+            cursor = await self._r.execute("SELECT count(*) FROM events WHERE seq <= ?", (through,))
+            row = await cursor.fetchone()
+        assert row is not None
         return int(row[0])
 
     async def execution(self, execution_id: int) -> Execution | None:

@@ -1,0 +1,120 @@
+"""Retention: remove the events ingested before a cut-off, a short transaction at a time,
+optionally writing them to an archive first."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import attrs
+import orjson
+
+from .codec import converter
+from .envelope import Event
+from .storage.base import EventStore, Page
+
+log = logging.getLogger("eventlog.retention")
+
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+# A purge step should hold the write lock for about this long; the step size follows the time
+# the last ones took, so a slow disk or a busy database gets smaller steps.
+STEP_SECONDS = 0.015
+FIRST_STEP, MIN_STEP, MAX_STEP = 500, 50, 50_000
+RECLAIM_PAGES = 500  # SQLite pages a step of incremental vacuum frees (2 MiB of 4 KiB pages)
+ARCHIVE_PAGE = 1000
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '12h', '30m', '45s', '2w', or several together ('1d12h'); ValueError otherwise."""
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(
+            f"{text!r} is not a duration: a number and a unit (s, m, h, d, w), like 90d or 12h"
+        )
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return timedelta(seconds=seconds)
+
+
+@attrs.frozen
+class PurgeResult:
+    """What a purge removed (or, dry, would remove): events at or below seq ``through``."""
+
+    through: int
+    removed: int
+    archived: int | None = None  # events written to the archive, when there was one
+
+
+async def purge(
+    store: EventStore,
+    before: datetime,
+    *,
+    dry_run: bool = False,
+    archive: str | Path | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PurgeResult:
+    """Remove every event ingested before ``before`` (see EventStore.purge_cut), in steps of
+    about STEP_SECONDS each, while writes go on between them. With ``archive``, the events to
+    remove are first written to that file as canonical NDJSON (gzip when its name ends in .gz),
+    and nothing is removed until it is complete and on disk. ``dry_run`` counts, removes nothing."""
+    through = await store.purge_cut(before)
+    if dry_run:
+        return PurgeResult(through, await store.count_through(through))
+    archived = None
+    if archive is not None:
+        archived = await write_archive(store, through, Path(archive))
+    removed, step = 0, FIRST_STEP
+    while True:
+        started = clock()
+        count = await store.purge_chunk(through, step)
+        took = clock() - started
+        if count == 0 and await store.purged_through() >= through:
+            break
+        removed += count
+        # Aim the next step at STEP_SECONDS: down at once, up by half at most (a step's time
+        # is not proportional to its size: it also waits for the disk).
+        wanted = step * STEP_SECONDS / max(took, 1e-4)
+        step = int(min(max(wanted, MIN_STEP), step * 1.5, MAX_STEP))
+        await asyncio.sleep(max(store.purge_pause, took))
+    while await store.reclaim(RECLAIM_PAGES):
+        await asyncio.sleep(store.purge_pause)
+    return PurgeResult(through, removed, archived)
+
+
+def ndjson(events: list[Event]) -> bytes:
+    """Events as canonical NDJSON lines, as every read renders them."""
+    return b"".join(orjson.dumps(converter.unstructure(e)) + b"\n" for e in events)
+
+
+async def write_archive(store: EventStore, through: int, path: Path) -> int:
+    """Write the held events at or below seq ``through`` to ``path`` as canonical NDJSON (the
+    form `eventlog export` writes), flushed and synced; returns how many."""
+    count, after = 0, 0
+    out: io.BufferedIOBase
+    with open(path, "wb") as raw:
+        out = gzip.GzipFile(fileobj=raw, mode="wb") if path.name.endswith(".gz") else raw
+        try:
+            while True:
+                events = await store.page(Page(after=after, until=through, limit=ARCHIVE_PAGE))
+                out.write(ndjson(events))
+                count += len(events)
+                if len(events) < ARCHIVE_PAGE:
+                    break
+                after = events[-1].seq
+        finally:
+            if out is not raw:
+                out.close()  # the gzip trailer; the file itself stays open
+        raw.flush()
+        os.fsync(raw.fileno())
+    return count

@@ -1,0 +1,291 @@
+"""Retention on every backend: purges remove exactly the oldest events, in short steps, and
+leave the summaries, the head and the purge horizon true."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import attrs
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventlog.codec import converter
+from eventlog.envelope import Event, Execution
+from eventlog.log import EventLog
+from eventlog.problems import ResumeExpired
+from eventlog.retention import purge
+from eventlog.storage.base import EventStore, Filter, Page, execution_deltas
+from eventlog.storage.registry import open_store
+from eventlog.stream import Expired
+
+from .test_contract import append, new_event
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[EventStore]:
+    """An opened, migrated store of the test's backend."""
+    async with open_store(dsn) as store:
+        await store.migrate()
+        yield store
+
+
+async def everything(store: EventStore, **filters: object) -> list[Event]:
+    """Every held event (matching ``filters``), in seq order."""
+    return await store.page(Page(limit=1_000_000, **filters))  # type: ignore[arg-type]
+
+
+def fresh_summary(events: list[Event]) -> Execution | None:
+    """The summary the executions table would hold had only ``events`` (one execution's, in
+    seq order) ever been written."""
+    if not events:
+        return None
+    (d,) = execution_deltas(events)
+    return Execution(
+        execution_id=d.execution_id,
+        event_count=d.count,
+        first_event_at=d.first_event_at,
+        last_event_at=d.last_event_at,
+        last_event_type=d.last_event_type,
+        last_seq=events[-1].seq,
+        status=d.terminal or "RUNNING",
+    )
+
+
+async def test_purge_removes_the_events_ingested_before_the_cut_off_and_nothing_else(store):
+    """Events of an earlier transaction go, those of the later one stay; the count is exact,
+    the horizon moves to the last removed seq and the head does not move."""
+    old = await append(store, *(new_event(1, next(_ids)) for _ in range(5)))
+    await asyncio.sleep(0.002)  # a later ingested_at than the old ones
+    kept = await append(store, *(new_event(2, next(_ids)) for _ in range(3)))
+    head = await store.head()
+    result = await purge(store, kept[0].ingested_at)
+    assert result.removed == 5
+    assert await everything(store) == kept
+    assert await store.purged_through() == old[-1].seq
+    assert await store.head() == head
+    assert await store.execution(1) is None
+    assert await purge(store, kept[0].ingested_at) == attrs.evolve(result, removed=0)
+
+
+async def test_dry_run_counts_and_removes_nothing(store):
+    """A dry run reports what a purge would remove and leaves the log and its horizon alone."""
+    events = await append(store, *(new_event(1, next(_ids)) for _ in range(4)))
+    later = events[-1].ingested_at + timedelta(seconds=1)
+    result = await purge(store, later, dry_run=True)
+    assert (result.removed, result.through) == (4, events[-1].seq)
+    assert await everything(store) == events
+    assert await store.purged_through() == 0
+    assert (await purge(store, events[0].ingested_at, dry_run=True)).removed == 0
+
+
+async def test_seq_goes_on_from_the_horizon_when_every_event_was_removed(store):
+    """Emptied by a purge, the log still appends after its old head: seq never goes back."""
+    events = await append(store, *(new_event(1, next(_ids)) for _ in range(3)))
+    await purge(store, events[-1].ingested_at + timedelta(seconds=1))
+    assert await everything(store) == []
+    assert await store.head() == events[-1].seq == await store.purged_through()
+    (after,) = await append(store, new_event(1, next(_ids)))
+    assert after.seq == events[-1].seq + 1
+    assert await store.execution(1) == fresh_summary([after])
+
+
+@pytest.mark.parametrize("name", ["removed.ndjson", "removed.ndjson.gz"])
+async def test_the_archive_holds_exactly_what_was_removed(store, tmp_path: Path, name: str):
+    """--archive writes the removed events as canonical NDJSON (gzip by its name), the same
+    lines a read renders, before they are removed."""
+    old = await append(store, *(new_event(n % 3 + 1, next(_ids)) for n in range(7)))
+    await asyncio.sleep(0.002)
+    (kept,) = await append(store, new_event(9, next(_ids)))
+    path = tmp_path / name
+    result = await purge(store, kept.ingested_at, archive=path)
+    raw = path.read_bytes()
+    if name.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    lines = [json.loads(line) for line in raw.splitlines()]
+    assert lines == [json.loads(orjson.dumps(converter.unstructure(e))) for e in old]
+    assert result.archived == result.removed == len(old)
+    assert await everything(store) == [kept]
+
+
+transactions = st.lists(
+    st.lists(
+        st.tuples(
+            st.integers(1, 4),  # execution, among this example's four
+            st.sampled_from(["step.enter", "call.done", "playbook.completed", "workflow.failed"]),
+            st.integers(0, 10_000),  # created_at, seconds from a base: in any order
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(transactions, st.integers(0, 48), st.lists(st.integers(1, 10), min_size=1, max_size=4))
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+async def test_summaries_after_a_purge_equal_fresh_summaries_of_what_is_left(
+    store, transactions, removed, steps
+):
+    """Whatever was written and wherever the purge stops (in steps of any size), each
+    execution's summary equals the one its remaining events alone would make; an execution
+    with none left has none."""
+    base = next(_ids) * 10
+    created = new_event().created_at
+    written: list[Event] = []
+    for rows in transactions:
+        written += await append(
+            store,
+            *(
+                new_event(
+                    base + x, next(_ids), event_type=t, created_at=created + timedelta(seconds=s)
+                )
+                for x, t, s in rows
+            ),
+        )
+    # Through one of this example's events (those of earlier examples go first) or none.
+    removed = min(removed, len(written))
+    through = written[removed - 1].seq if removed else written[0].seq - 1
+    sizes = itertools.cycle(steps)
+    while await store.purged_through() < through:
+        await store.purge_chunk(through, next(sizes))
+    for x in range(base + 1, base + 5):
+        left = await everything(store, execution_id=x)
+        assert left == [e for e in written if e.execution_id == x and e.seq > through]
+        assert await store.execution(x) == fresh_summary(left)
+
+
+async def test_ingest_during_a_purge_loses_nothing_and_stores_nothing_twice(dsn: str):
+    """Appends go on while a purge removes thousands of older events in steps: every
+    acknowledged event is held once, and the seq values left run without a gap."""
+    async with EventLog.open(dsn) as log:
+        await log.append_batch(
+            [{"execution_id": 1, "event_type": "step.enter", "step": "s"}] * 3000
+        )
+        cut = (await log.page(Page(descending=True, limit=1)))[0].ingested_at + timedelta(
+            microseconds=1
+        )
+        await asyncio.sleep(0.002)
+        acknowledged = []
+
+        async def ingest() -> None:
+            for n in range(300):
+                sent = {"execution_id": 2 + n % 3, "event_type": "step.enter", "step": str(n)}
+                done = await log.append(sent)
+                acknowledged.append({**sent, "event_id": done.event.event_id})
+
+        writing = asyncio.create_task(ingest())
+        result = await purge(log.store, cut)
+        await writing
+        retried = [await log.append(sent) for sent in acknowledged[:50]]
+        held = await everything(log.store)
+        assert result.removed == 3000
+        assert sorted(e.event_id for e in held) == sorted(a["event_id"] for a in acknowledged)
+        assert [e.seq for e in held] == list(range(result.through + 1, held[-1].seq + 1))
+        assert all(r.duplicate for r in retried)
+
+
+def _pages(path: Path) -> tuple[int, int]:
+    """The SQLite file's auto_vacuum mode and its size in pages, read from the file itself."""
+    with sqlite3.connect(path) as db:
+        return db.execute("PRAGMA auto_vacuum").fetchone()[0], db.execute(
+            "PRAGMA page_count"
+        ).fetchone()[0]
+
+
+async def _fill(store: EventStore, count: int) -> list[Event]:
+    big = '{"pad":"' + "x" * 2000 + '"}'
+    written: list[Event] = []
+    for _ in range(count // 500):
+        written += await append(
+            store, *(new_event(1, next(_ids), payload_json=big) for _ in range(500))
+        )
+    return written
+
+
+async def test_a_new_sqlite_file_shrinks_after_a_purge(tmp_path: Path):
+    """A file created by this version has incremental auto-vacuum: the purge hands the pages
+    of the removed events back, and the file gets smaller."""
+    path = tmp_path / "events.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.migrate()
+        written = await _fill(store, 3000)
+        mode, before = _pages(path)
+        await purge(store, written[-1].ingested_at + timedelta(seconds=1))
+    mode, after = _pages(path)
+    assert mode == 2  # incremental
+    assert after < before / 4
+
+
+async def test_vacuum_shrinks_an_older_sqlite_file_and_switches_it_to_incremental(tmp_path: Path):
+    """A file made without auto-vacuum keeps its size after a purge; `vacuum` shrinks it once
+    and converts it, so that the next purges shrink it by themselves."""
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA auto_vacuum = NONE")
+        db.execute("CREATE TABLE made_by_an_older_version (x)")
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.migrate()
+        written = await _fill(store, 2000)
+        _, full = _pages(path)
+        await purge(store, written[-1].ingested_at + timedelta(seconds=1))
+        assert _pages(path) == (0, full)
+        await store.vacuum()
+        mode, vacuumed = _pages(path)
+        assert mode == 2 and vacuumed < full / 4
+        written = await _fill(store, 2000)
+        _, refilled = _pages(path)
+        await purge(store, written[-1].ingested_at + timedelta(seconds=1))
+    assert _pages(path)[1] < refilled / 4
+
+
+async def test_the_library_raises_resume_expired_for_a_removed_resume_point(dsn: str):
+    """EventLog's pages and subscriptions resumed below the horizon raise ResumeExpired naming
+    it; from the horizon they go on."""
+    async with EventLog.open(dsn) as log:
+        for n in range(3):
+            await log.append({"execution_id": 1, "event_type": "step.enter", "step": str(n)})
+        await asyncio.sleep(0.002)
+        kept = (await log.append({"execution_id": 1, "event_type": "x", "step": "s"})).event
+        await purge(log.store, kept.ingested_at)
+        with pytest.raises(ResumeExpired) as raised:
+            await log.page(Page(after=0))
+        assert (raised.value.after, raised.value.purged_through) == (0, kept.seq - 1)
+        with pytest.raises(ResumeExpired):
+            async for _ in log.subscribe(after=1):
+                break
+        assert [e async for e in log.events(after=kept.seq - 1)] == [kept]
+        assert [e async for e in log.events()] == [kept]
+
+
+async def test_a_live_stream_overtaken_by_a_purge_is_told_not_jumped(dsn: str):
+    """The hub follows the log; if a purge removes events it has not read yet (it fell
+    behind), its subscribers get an Expired naming the horizon, then what comes after."""
+    async with EventLog.open(dsn, stream_poll_interval=60) as log:
+        async with log.follow(Filter(), heartbeat=None) as subscription:
+            chunks = subscription.chunks()
+            # Written behind the hub's back (no wake-up) and purged before it reads them.
+            missed = await append(log.store, *(new_event(1, next(_ids)) for _ in range(3)))
+            await asyncio.sleep(0.002)
+            (after,) = await append(log.store, new_event(1, next(_ids)))
+            await purge(log.store, after.ingested_at)
+            log.hub.notify()
+            async with asyncio.timeout(10):
+                gap = await anext(chunks)
+                assert gap == Expired(missed[0].seq - 1, missed[-1].seq)
+                assert await anext(chunks) == [after]
