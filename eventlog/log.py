@@ -113,6 +113,8 @@ class EventLog:
         self.writer.on_commit = self.hub.notify
         self.writer.start()
         self._upkeep = asyncio.create_task(self._keep_up(), name="eventlog-upkeep")
+        if self.settings.retention_period is not None:
+            self._retention = asyncio.create_task(self._retain(), name="eventlog-retention")
         self.running = True
 
     async def _keep_up(self) -> None:
@@ -125,9 +127,6 @@ class EventLog:
             except Exception:  # the service runs on without it; writes make what they need
                 log.exception("the store's upkeep failed (it is tried again later)")
             await asyncio.sleep(UPKEEP_INTERVAL)
-        if self.settings.retention_period is not None:
-            self._retention = asyncio.create_task(self._retain(), name="eventlog-retention")
-        self.running = True
 
     async def _retain(self) -> None:
         """Every retention_interval: remove what is older than the retention period."""
@@ -153,17 +152,14 @@ class EventLog:
         """Commit what is queued, then close the store."""
         # The writer first: what is queued is committed (and reaches the streams) before they end.
         self.running = False
-        if self._upkeep is not None:
-            self._upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upkeep
-            self._upkeep = None
-        if self._retention is not None:
-            # Between two steps or within one: a step is one transaction, whole or not at all.
-            self._retention.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention
-            self._retention = None
+        # A purge is cancelled between two steps or within one: a step is one transaction,
+        # whole or not at all.
+        background, self._upkeep, self._retention = [self._upkeep, self._retention], None, None
+        for task in background:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             await self.writer.stop()
         finally:

@@ -554,8 +554,13 @@ class PostgresStore(EventStore):
             async with self.pool.acquire() as conn:
                 applied = await self._applied(conn, create=False)
                 copying = await conn.fetchval("SELECT to_regclass('events_unpartitioned')")
-        # An interrupted copy of old events (migration 0006) is still to finish.
-        return pending(self.backend, applied) + (["0006_partitions (copy)"] if copying else [])
+        # An interrupted copy of old events (migration 0006) is still to finish: named in its
+        # place among the versions, before any later migration.
+        labels = pending(self.backend, applied)
+        if copying:
+            later = [i for i, label in enumerate(labels) if int(label[:4]) > 6]
+            labels.insert(later[0] if later else len(labels), "0006_partitions (copy)")
+        return labels
 
     async def list_partitions(self) -> list[partitions.Partition]:
         """The events table's partitions, oldest first (empty before migration 0006)."""
