@@ -218,6 +218,8 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
 def _cut_off(text: str) -> datetime:
     """--before: an RFC 3339 time, or a duration back from now."""
     try:
