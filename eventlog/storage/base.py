@@ -558,6 +558,12 @@ class EventStore(abc.ABC):
         of their executions (dropping those left without events) and move the horizon;
         returns how many events were removed."""
 
+    async def purge_whole(self, before: datetime) -> int:
+        """Remove at once the events the database keeps apart by ingestion time, all of them
+        ingested before ``before`` (PostgreSQL: whole partitions), moving the horizon past them
+        first and correcting the summaries; returns how many went. The rest is purge_chunk's."""
+        return 0
+
     async def reclaim(self, pages: int) -> bool:
         """Give up to ``pages`` free pages back to the file system (where the database keeps
         them); True while more remain."""

@@ -584,6 +584,26 @@ class PostgresStore(EventStore):
             async with self.pool.acquire() as conn:
                 return await partitions.drop_before(conn, cutoff, before_drop)
 
+    async def purge_whole(self, before: datetime) -> int:
+        with _translated():
+            async with self.pool.acquire() as conn:
+                if not await partitions.partitioned(conn):
+                    return 0
+                whole = [p for p in await partitions.partitions(conn) if p.upper <= before]
+                if not whole:
+                    return 0
+                # The horizon first, under the head's lock: a reader resuming inside what is
+                # about to go is told so (expired) rather than finding it silently gone.
+                highest = " UNION ALL ".join(f"SELECT max(seq) AS seq FROM {p.name}" for p in whole)
+                async with conn.transaction():
+                    await conn.execute(_LOCK)
+                    await conn.execute(
+                        "UPDATE eventlog_head SET purged_seq = GREATEST(purged_seq, "
+                        f"(SELECT COALESCE(max(seq), 0) FROM ({highest}) s)) WHERE id = 1"
+                    )
+                removed = await partitions.drop_before(conn, before)
+        return removed.events
+
     async def ping(self) -> None:
         with _translated():
             await self.pool.fetchval("SELECT 1")

@@ -11,6 +11,7 @@ import pytest
 from eventlog.config import ConfigError, make_settings
 from eventlog.envelope import Event
 from eventlog.log import EventLog, SchemaNotCurrent
+from eventlog.retention import purge
 from eventlog.storage import partitions
 from eventlog.storage.base import Page, WritePlan, load_migrations
 from eventlog.storage.postgres import PostgresStore
@@ -380,3 +381,39 @@ async def test_the_partition_width_is_a_setting(dsn):
     for bad in (0, 367):
         with pytest.raises(ConfigError, match="pg_partition_days"):
             make_settings(dsn=dsn, pg_partition_days=bad)
+
+
+async def test_a_purge_drops_whole_partitions_and_deletes_rows_only_in_the_straddler(store):
+    """retention's purge on a partitioned log: the partitions wholly before the cut-off go as
+    tables, the horizon moves past their events, and only the one straddling the cut-off has
+    rows deleted; the count, the horizon and the summaries are those of a row-by-row purge."""
+    events = await append(
+        store,
+        *(
+            new_event(x, n, created_at=NOW + timedelta(seconds=n))
+            for n, x in enumerate([1, 1, 2, 2, 3, 3], 1)
+        ),
+    )
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(days=10)
+    # Ingestion times that grow with seq, as one lock assigns both.
+    for seq, ago in ((1, 30), (2, 29), (3, 20)):
+        await moved(store, now - timedelta(days=ago), events[seq - 1].seq)
+    await moved(store, cutoff - timedelta(hours=1), events[3].seq)
+    held = await store.list_partitions()
+    straddler = partitions.straddling(held, cutoff)
+    assert straddler is not None and await where(store, events[3].seq) == straddler.name
+    whole = [p.name for p in held if p.upper <= cutoff]
+    assert whole and await where(store, events[0].seq) in whole
+
+    result = await purge(store, cutoff)
+    assert (result.through, result.removed) == (events[3].seq, 4)
+    assert await store.purged_through() == events[3].seq
+    left = [p.name for p in await store.list_partitions()]
+    assert not set(whole) & set(left) and straddler.name in left
+    assert [e.seq for e in await store.page(Page(limit=100))] == [events[4].seq, events[5].seq]
+    assert await store.execution(1) is None and await store.execution(2) is None
+    summary = await store.execution(3)
+    assert summary is not None and summary.event_count == 2
+    # Nothing left to remove: a second purge removes nothing.
+    assert (await purge(store, cutoff)).removed == 0

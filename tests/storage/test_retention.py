@@ -23,7 +23,7 @@ from eventlog.envelope import Event, Execution
 from eventlog.log import EventLog
 from eventlog.problems import ResumeExpired
 from eventlog.retention import purge
-from eventlog.storage.base import EventStore, Filter, Page, execution_deltas
+from eventlog.storage.base import EventStore, Filter, Page, StoreUnavailable, execution_deltas
 from eventlog.storage.registry import open_store
 from eventlog.stream import Expired
 
@@ -116,6 +116,27 @@ async def test_the_archive_holds_exactly_what_was_removed(store, tmp_path: Path,
     assert lines == [json.loads(orjson.dumps(converter.unstructure(e))) for e in old]
     assert result.archived == result.removed == len(old)
     assert await everything(store) == [kept]
+
+
+async def test_an_archive_read_short_of_what_would_be_removed_removes_nothing(
+    store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Reads that lag behind the writes (a read replica) would leave events out of the
+    archive: the purge sees the archive short, removes nothing and says why."""
+    old = await append(store, *(new_event(1, next(_ids)) for _ in range(5)))
+    await asyncio.sleep(0.002)
+    (kept,) = await append(store, new_event(2, next(_ids)))
+    real_page = store.page
+
+    async def lagging(page: Page) -> list[Event]:  # a standby that has replayed three
+        return [e for e in await real_page(page) if e.seq <= old[2].seq]
+
+    monkeypatch.setattr(store, "page", lagging)
+    with pytest.raises(StoreUnavailable, match="3 of the 5 events"):
+        await purge(store, kept.ingested_at, archive=tmp_path / "short.ndjson")
+    monkeypatch.undo()
+    assert await everything(store) == [*old, kept]
+    assert await store.purged_through() == 0
 
 
 transactions = st.lists(
