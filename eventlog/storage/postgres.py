@@ -84,9 +84,12 @@ class _QuietPoolFloor(logging.Filter):
 _quiet_pool_floor = _QuietPoolFloor()
 
 
-def _seq(payload: str) -> int | None:
-    """The seq a notification announces (committed up to it), when it carries one."""
-    return int(payload) if payload.isdigit() else None
+def _seq(payload: str, schema: str) -> int | None:
+    """The seq a notification announces (committed up to it), when it carries one and comes
+    from the log in ``schema``: the channel is the database's, and another log sharing the
+    database in a schema of its own announces seqs of its own (a wake-up all the same)."""
+    seq, _, where = payload.partition(" ")
+    return int(seq) if seq.isdigit() and where == schema else None
 
 
 def _same(moment: datetime) -> datetime:
@@ -280,7 +283,9 @@ executions_up AS (
          AS d(execution_id, count, first_at, last_at, last_type, last_index, status), head
     ON CONFLICT (execution_id) DO UPDATE SET {_EXECUTION_UPDATE}
 )
-SELECT base, at, pg_notify('eventlog', (base + (SELECT count(*) FROM input))::text) FROM head
+SELECT base, at,
+       pg_notify('eventlog', (base + (SELECT count(*) FROM input))::text || ' ' || current_schema())
+FROM head
 """,
         # The general case, with the head's row already locked by this transaction (see
         # _write()): seq values follow ${n + 1}, ingested_at is ${n + 2}, the head moves to ${n + 3}.
@@ -692,7 +697,10 @@ class PostgresStore(EventStore):
                     sql.insert, *sql.arrays(plan.events), head, at, head + len(stored)
                 )
                 await conn.execute(_UPSERT_EXECUTIONS, *_delta_args(plan.events, head))
-                await conn.execute("SELECT pg_notify('eventlog', $1)", str(head + len(stored)))
+                await conn.execute(
+                    "SELECT pg_notify('eventlog', $1 || ' ' || current_schema())",
+                    str(head + len(stored)),
+                )
             if plan.records:
                 await conn.execute(
                     _SAVE_KEYS,
@@ -829,8 +837,9 @@ class PostgresStore(EventStore):
         with _translated():
             self._listener = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
             self._listener.add_termination_listener(self._listener_lost)
+            schema = await self._listener.fetchval("SELECT current_schema()")
             await self._listener.add_listener(
-                "eventlog", lambda _conn, _pid, _channel, payload: callback(_seq(payload))
+                "eventlog", lambda _conn, _pid, _channel, payload: callback(_seq(payload, schema))
             )
 
     # --- node id claims (appended) ---------------------------------------------------------
