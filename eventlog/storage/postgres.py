@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -98,6 +98,22 @@ def _same(moment: datetime) -> datetime:
 
 def _execution(row: Row) -> Execution:
     return execution_from_row(row, _same)
+
+
+@contextlib.asynccontextmanager
+async def _dropped_if_failed(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A write transaction that, when anything fails or times out inside it, drops the
+    connection instead of sending ROLLBACK: a database that stopped answering would hold the
+    ROLLBACK (and the writer's answer) past the write's timeout, and the server rolls back
+    what a lost connection left anyway. The pool replaces the connection."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield
+        await transaction.commit()
+    except BaseException:
+        conn.terminate()
+        raise
 
 
 @contextlib.contextmanager
@@ -555,8 +571,13 @@ class PostgresStore(EventStore):
         return {r[0] for r in await conn.fetch("SELECT version FROM eventlog_migrations")}
 
     async def pending_migrations(self) -> list[str]:
+        # Bounded as a whole, as a write is: /ready asks this, and must answer within the
+        # configured timeouts however many statements it takes.
         with _translated():
-            async with self.pool.acquire() as conn:
+            async with (
+                asyncio.timeout(self._connect_timeout + self._command_timeout),
+                self.pool.acquire() as conn,
+            ):
                 applied = await self._applied(conn, create=False)
                 copying = await conn.fetchval("SELECT to_regclass('events_unpartitioned')")
         # An interrupted copy of old events (migration 0006) is still to finish: named in its
@@ -656,7 +677,7 @@ class PostgresStore(EventStore):
                     if plan.events and not plan.records:
                         # The lock first, then the statement: its snapshot, taken with the
                         # lock held, holds every commit that could have stored one of its keys.
-                        async with conn.transaction():
+                        async with _dropped_if_failed(conn):
                             await conn.execute(_LOCK)
                             row = await conn.fetchrow(
                                 self._sql.append_if_new,
@@ -680,7 +701,7 @@ class PostgresStore(EventStore):
     ) -> list[Event]:
         """The general case: lock, look up (a fresh snapshot), decide, write, commit."""
         executions, event_ids = [k[0] for k in keys], [k[1] for k in keys]
-        async with conn.transaction():
+        async with _dropped_if_failed(conn):
             head = await conn.fetchval(_LOCK)
             sql = self._sql
             found = await conn.fetch(sql.find, executions, event_ids) if keys else []
