@@ -189,13 +189,15 @@ WITH d AS (
 )
 UPDATE executions x SET
     event_count = x.event_count - d.n,
-    first_event_at = CASE WHEN d.first_at > x.first_event_at THEN x.first_event_at ELSE
+    first_event_at = CASE WHEN d.first_at > x.first_event_at OR x.last_seq <= $7
+        THEN x.first_event_at ELSE
         COALESCE((SELECT min(e.created_at) FROM events e WHERE e.execution_id = x.execution_id),
                  x.first_event_at) END,
-    last_event_at = CASE WHEN d.last_at < x.last_event_at THEN x.last_event_at ELSE
+    last_event_at = CASE WHEN d.last_at < x.last_event_at OR x.last_seq <= $7
+        THEN x.last_event_at ELSE
         COALESCE((SELECT max(e.created_at) FROM events e WHERE e.execution_id = x.execution_id),
                  x.last_event_at) END,
-    status = CASE WHEN d.terminal AND NOT EXISTS (
+    status = CASE WHEN d.terminal AND x.last_seq > $7 AND NOT EXISTS (
         SELECT 1 FROM events e WHERE e.execution_id = x.execution_id
         AND lower(e.event_type) = ANY($6::text[])) THEN 'RUNNING' ELSE x.status END
 FROM d WHERE x.execution_id = d.execution_id
@@ -815,6 +817,7 @@ class PostgresStore(EventStore):
                     [r["last_at"] for r in gone],
                     [r["terminal"] for r in gone],
                     _TERMINAL,
+                    through,
                 )
                 await conn.execute(
                     "DELETE FROM executions WHERE execution_id = ANY($1::bigint[]) "

@@ -587,6 +587,9 @@ class SqliteStore(EventStore):
             # The events left of each execution are all newer than those removed: its last
             # event (type, seq) stays; its count, its created_at range (when a removed event
             # held an end of it) and, when its last terminal event went, its status change.
+            # Only executions that outlive the purge (last seq past its cut) are recounted: the
+            # others lose their summary when their last event goes, and recounting them at
+            # every step read each one's events again and again (most of a step's time).
             db.executemany(
                 "UPDATE executions SET event_count = event_count - ? WHERE execution_id = ?",
                 [(n, x) for x, n, *_ in gone],
@@ -598,20 +601,21 @@ class SqliteStore(EventStore):
             db.executemany(
                 "UPDATE executions SET first_event_at = (SELECT min(created_at) FROM events e "
                 "WHERE e.execution_id = executions.execution_id) "
-                "WHERE execution_id = ? AND first_event_at >= ?",
-                [(x, first) for x, _, first, _, _ in gone],
+                "WHERE execution_id = ? AND first_event_at >= ? AND last_seq > ?",
+                [(x, first, through) for x, _, first, _, _ in gone],
             )
             db.executemany(
                 "UPDATE executions SET last_event_at = (SELECT max(created_at) FROM events e "
                 "WHERE e.execution_id = executions.execution_id) "
-                "WHERE execution_id = ? AND last_event_at <= ?",
-                [(x, last) for x, _, _, last, _ in gone],
+                "WHERE execution_id = ? AND last_event_at <= ? AND last_seq > ?",
+                [(x, last, through) for x, _, _, last, _ in gone],
             )
             db.executemany(
                 "UPDATE executions SET status = 'RUNNING' WHERE execution_id = ? "
-                "AND status <> 'RUNNING' AND NOT EXISTS (SELECT 1 FROM events e WHERE "
-                f"e.execution_id = executions.execution_id AND lower(e.event_type) IN ({_TERMINAL}))",
-                [(x,) for x, *_, terminal in gone if terminal],
+                "AND last_seq > ? AND status <> 'RUNNING' AND NOT EXISTS (SELECT 1 FROM events e "
+                "WHERE e.execution_id = executions.execution_id "
+                f"AND lower(e.event_type) IN ({_TERMINAL}))",
+                [(x, through) for x, *_, terminal in gone if terminal],
             )
             db.execute("UPDATE eventlog_head SET purged_seq = ? WHERE id = 1", (high,))
         return removed

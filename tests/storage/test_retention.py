@@ -294,17 +294,28 @@ async def test_the_library_raises_resume_expired_for_a_removed_resume_point(dsn:
         assert [e async for e in log.events()] == [kept]
 
 
-async def test_a_live_stream_overtaken_by_a_purge_is_told_not_jumped(dsn: str):
+async def test_a_live_stream_overtaken_by_a_purge_is_told_not_jumped(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+):
     """The hub follows the log; if a purge removes events it has not read yet (it fell
     behind), its subscribers get an Expired naming the horizon, then what comes after."""
     async with EventLog.open(dsn, stream_poll_interval=60) as log:
         async with log.follow(Filter(), heartbeat=None) as subscription:
             chunks = subscription.chunks()
-            # Written behind the hub's back (no wake-up) and purged before it reads them.
+            # The hub held back from reading (on PostgreSQL the commits' notifications wake
+            # it) until the events are written and purged: it falls behind, deterministically.
+            gate, read = asyncio.Event(), log.hub._catch_up
+
+            async def held() -> None:
+                await gate.wait()
+                await read()
+
+            monkeypatch.setattr(log.hub, "_catch_up", held)
             missed = await append(log.store, *(new_event(1, next(_ids)) for _ in range(3)))
             await asyncio.sleep(0.002)
             (after,) = await append(log.store, new_event(1, next(_ids)))
             await purge(log.store, after.ingested_at)
+            gate.set()
             log.hub.notify()
             async with asyncio.timeout(10):
                 gap = await anext(chunks)
