@@ -399,21 +399,10 @@ class EventLogClient:
         cap = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
         return random.uniform(cap / 2, cap)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        attempts: int | None = None,
-    ) -> Any:
-        """One API call, retried as the module docstring says (at most ``attempts`` times,
-        when given); the decoded JSON reply."""
-        data, _ = await self._exchange(
-            method, path, params=params, body=body, headers=headers, attempts=attempts
-        )
+    async def _call(self, method: str, path: str, **options: Any) -> Any:
+        """One API call, retried as the module docstring says; the decoded JSON reply (the
+        options are _exchange's)."""
+        data, _ = await self._exchange(method, path, **options)
         return data
 
     async def _exchange(
@@ -426,7 +415,8 @@ class EventLogClient:
         headers: dict[str, str] | None = None,
         attempts: int | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
-        """As _call, with the reply's headers."""
+        """One API call, retried as the module docstring says (at most ``attempts`` times,
+        when given); the decoded JSON reply and the reply's headers."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._deadline
         request_headers = {**self._headers, "Accept": "application/json", **(headers or {})}

@@ -7,8 +7,10 @@ except those a test sets, so a developer's shell cannot change what the tests se
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 LISTENING = re.compile(r"eventlog listening on (http://(\S+?):(\d+)) \(")
@@ -193,3 +196,23 @@ async def stored_keys(
         after = page["next_cursor"]
         if after is None:
             return keys
+
+
+@pytest.fixture
+def pg_schema_dsn(pg_database_dsn: str) -> Iterator[str]:
+    """An empty schema of the run's PostgreSQL database, dropped afterwards (for tests that
+    run eventlog in processes of their own, outside the event loop of pytest-aiohttp)."""
+    schema = f"t_{secrets.token_hex(4)}"
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(pg_database_dsn)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(sql(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{pg_database_dsn}?search_path={schema}"
+    finally:
+        asyncio.run(sql(f"DROP SCHEMA {schema} CASCADE"))

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from .conftest import clean_env
@@ -17,25 +13,6 @@ from .conftest import clean_env
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
-
-
-@pytest.fixture
-def pg_schema_dsn(pg_database_dsn: str) -> Iterator[str]:
-    """An empty schema of the run's PostgreSQL database, dropped afterwards."""
-    schema = f"floors_{secrets.token_hex(4)}"
-
-    async def sql(statement: str) -> None:
-        conn = await asyncpg.connect(pg_database_dsn)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(sql(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{pg_database_dsn}?search_path={schema}"
-    finally:
-        asyncio.run(sql(f"DROP SCHEMA {schema} CASCADE"))
 
 
 def test_the_declared_floors_install_and_serve(tmp_path, pg_schema_dsn):

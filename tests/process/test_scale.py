@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from .conftest import clean_env
@@ -37,21 +34,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     if request.param == "sqlite":
         yield "sqlite", f"sqlite:///{tmp_path}/scale.db"
         return
-    database = request.getfixturevalue("pg_database_dsn")
-    schema = f"scale_{secrets.token_hex(4)}"
-
-    async def sql(statement: str) -> None:
-        conn = await asyncpg.connect(database)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(sql(f"CREATE SCHEMA {schema}"))
-    try:
-        yield "pg", f"{database}?search_path={schema}"
-    finally:
-        asyncio.run(sql(f"DROP SCHEMA {schema} CASCADE"))
+    yield "pg", request.getfixturevalue("pg_schema_dsn")
 
 
 def purge_available() -> bool:
