@@ -35,7 +35,7 @@ from .retention import purge
 from .storage import base as storage
 from .storage.base import EventStore, Filter, Key, Page, ReplicaLag, StoreError
 from .storage.registry import store_from_settings
-from .stream import CutOff, Expired, Hub, Subscription
+from .stream import CutOff, Expired, Hub, Subscription, overtaken
 
 log = logging.getLogger("eventlog")
 
@@ -274,13 +274,10 @@ class EventLog:
 
     async def check_resume(self, page: Page, events: list[Event]) -> None:
         """Raise ResumeExpired if ``events``, read for ``page``, may have missed removed ones."""
-        assert page.after is not None
-        if events and events[0].seq == page.after + 1:
-            return  # it starts just past the cursor: nothing can be missing
-        # Read after the page: the horizon only grows, so a purge that overtook the read is seen.
-        horizon = await self._reading(self.store.purged_through)
-        if page.after < horizon:
-            raise ResumeExpired(page.after, horizon)
+        after = page.after
+        assert after is not None
+        if horizon := await self._reading(lambda: overtaken(self.store, after, events)):
+            raise ResumeExpired(after, horizon)
 
     async def pages(
         self,

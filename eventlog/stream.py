@@ -53,6 +53,16 @@ class Expired:
     purged_through: int
 
 
+async def overtaken(store: EventStore, after: int, events: list[Event]) -> int | None:
+    """The purge horizon, when retention removed events past ``after`` that ``events`` (read
+    just past ``after``, in seq order) may lack; None when nothing can be missing. The horizon
+    is read after the events: it only grows, so a purge that overtook the read is seen."""
+    if events and events[0].seq == after + 1:
+        return None  # it starts just past the cursor
+    horizon = await store.purged_through()
+    return horizon if after < horizon else None
+
+
 @attrs.define(eq=False)
 class _Subscriber:
     filter: Filter
@@ -200,15 +210,13 @@ class Hub:
                 self._last = max(self._last, e.seq)
                 continue
             read = len(events)
-            if events and events[0].seq != self._last + 1:
-                # Past a gap: a purge overtook the hub (it fell behind, say while the store
-                # failed). The subscribers are told, not handed the jump in silence.
-                horizon = await self._store.purged_through()
-                if self._last < horizon:
-                    for sub in list(self._subscribers):
-                        sub.queue.put_nowait(Expired(self._last, horizon))
-                    self._last = horizon
-                    events = [e for e in events if e.seq > horizon]
+            # Past a gap: a purge overtook the hub (it fell behind, say while the store
+            # failed). The subscribers are told, not handed the jump in silence.
+            if events and (horizon := await overtaken(self._store, self._last, events)):
+                for sub in list(self._subscribers):
+                    sub.queue.put_nowait(Expired(self._last, horizon))
+                self._last = horizon
+                events = [e for e in events if e.seq > horizon]
             if events:
                 self._fan_out(events)
                 self._last = max(self._last, events[-1].seq)
@@ -306,25 +314,20 @@ class Subscription:
         self.position = start if self._after is None else self._after
         if self._hub.closed:
             return  # the log is closing or closed: its store may be gone
-        if self._after is not None:
-            horizon = await store.purged_through()
-            if self.position < horizon:
-                yield Expired(self.position, horizon)
-                self.position = horizon
+        if self._after is not None and (horizon := await overtaken(store, self.position, [])):
+            yield Expired(self.position, horizon)
+            self.position = horizon
         # What was missed, read from the store up to where the queue takes over.
         while self.position < start:
             page = sub.filter.page(after=self.position, until=start, limit=READ_PAGE)
             try:
                 events = await store.page(page)
                 read = len(events)
-                if not events or events[0].seq != self.position + 1:
-                    # A purge may have overtaken this reader since: the horizon, read after
-                    # the page, says so (it only grows).
-                    horizon = await store.purged_through()
-                    if self.position < horizon:
-                        yield Expired(self.position, horizon)
-                        self.position = horizon
-                        events = [e for e in events if e.seq > horizon]
+                # A purge may have overtaken this reader since it started.
+                if horizon := await overtaken(store, self.position, events):
+                    yield Expired(self.position, horizon)
+                    self.position = horizon
+                    events = [e for e in events if e.seq > horizon]
             except UnreadableRow as e:
                 if e.seq is None:
                     raise
