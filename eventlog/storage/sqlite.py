@@ -208,12 +208,6 @@ ON CONFLICT (execution_id) DO UPDATE SET
 # the next; merged, both would wait (batches of 1,000 fell to 0.65 of their rate, measured).
 _MERGE_EVENTS = 1000
 
-# The reader's page cache (SQLite's default is 2 MiB). A page of an execution's events, or a
-# filter walked within an execution, looks each row up in the table's B-tree: with the tree's
-# upper pages cached that is one page read per row, not one per level (at 10 million events
-# those pages are ~15 MiB, and the reads had doubled from 1 million).
-_READER_CACHE_KIB = 32 * 1024
-
 
 def _WRITE() -> None:  # the marker of a write() call (its work is _write_together)
     """Not called."""
@@ -400,7 +394,6 @@ class SqliteStore(EventStore):
             self._reader = await _connect_reader(self.path)
             for pragma in self._pragmas():
                 await self._reader.execute(pragma)
-            await self._reader.execute(f"PRAGMA cache_size = -{_READER_CACHE_KIB}")
         except (sqlite3.Error, OSError) as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite file {self.path}: {e}") from e
