@@ -10,9 +10,7 @@ writes go on. Removing one is DETACH ... CONCURRENTLY and a DROP, which neither 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import attrs
@@ -127,21 +125,13 @@ class Removed:
     events: int
 
 
-# Called with a detached partition's name, before it is dropped: the place to archive its rows
-# or to correct what depends on them (execution summaries, by default).
-BeforeDrop = Callable[[asyncpg.Connection, str], Awaitable[Any]]
-
-
-async def drop_before(
-    conn: asyncpg.Connection, cutoff: datetime, before_drop: BeforeDrop | None = None
-) -> Removed:
+async def drop_before(conn: asyncpg.Connection, cutoff: datetime) -> Removed:
     """Remove every partition whose events were all ingested before ``cutoff`` (its upper
-    bound is at or before it): detach it concurrently, count it, call ``before_drop`` (default:
-    correct_summaries), drop it. The partition that straddles the cut-off is left: delete its
+    bound is at or before it): detach it concurrently, count it, take it out of the summaries
+    (correct_summaries), drop it. The partition that straddles the cut-off is left: delete its
     rows before the cut-off in chunks (straddling() names it). A partition detached by a
     removal that was interrupted is finished too. ``conn`` must not be inside a transaction
     (DETACH ... CONCURRENTLY cannot be)."""
-    hook = correct_summaries if before_drop is None else before_drop
     # A removal interrupted after its detach left a table of the same name outside the log:
     # its events are already unreadable, so it is finished first, whatever the cut-off.
     detached = [r[0] for r in await conn.fetch(_DETACHED)]
@@ -155,7 +145,7 @@ async def drop_before(
     events = 0
     for name in detached:
         events += await conn.fetchval(f"SELECT count(*) FROM {name}")
-        await hook(conn, name)
+        await correct_summaries(conn, name)
         await conn.execute(f"DROP TABLE {name}")
     return Removed(detached, events)
 

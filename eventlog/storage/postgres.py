@@ -607,32 +607,26 @@ class PostgresStore(EventStore):
                     for name in await partitions.ahead(conn, now, self.partition_interval):
                         log.info("created partition %s", name)
 
-    async def drop_partitions_before(
-        self, cutoff: datetime, before_drop: partitions.BeforeDrop | None = None
-    ) -> partitions.Removed:
-        """Remove the partitions whose events were all ingested before ``cutoff`` (see
-        partitions.drop_before); the one that straddles it is left for a chunked delete."""
-        with _translated():
-            async with self.pool.acquire() as conn:
-                return await partitions.drop_before(conn, cutoff, before_drop)
-
     async def purge_whole(self, before: datetime) -> int:
         with _translated():
             async with self.pool.acquire() as conn:
                 if not await partitions.partitioned(conn):
                     return 0
                 whole = [p for p in await partitions.partitions(conn) if p.upper <= before]
-                if not whole:
-                    return 0
-                # The horizon first, under the head's lock: a reader resuming inside what is
-                # about to go is told so (expired) rather than finding it silently gone.
-                highest = " UNION ALL ".join(f"SELECT max(seq) AS seq FROM {p.name}" for p in whole)
-                async with conn.transaction():
-                    await conn.execute(_LOCK)
-                    await conn.execute(
-                        "UPDATE eventlog_head SET purged_seq = GREATEST(purged_seq, "
-                        f"(SELECT COALESCE(max(seq), 0) FROM ({highest}) s)) WHERE id = 1"
+                if whole:
+                    # The horizon first, under the head's lock: a reader resuming inside what
+                    # is about to go is told so (expired) rather than finding it silently gone.
+                    highest = " UNION ALL ".join(
+                        f"SELECT max(seq) AS seq FROM {p.name}" for p in whole
                     )
+                    async with conn.transaction():
+                        await conn.execute(_LOCK)
+                        await conn.execute(
+                            "UPDATE eventlog_head SET purged_seq = GREATEST(purged_seq, "
+                            f"(SELECT COALESCE(max(seq), 0) FROM ({highest}) s)) WHERE id = 1"
+                        )
+                # With none whole, still called: it finishes a removal interrupted after its
+                # detach (whose events the horizon already covers).
                 removed = await partitions.drop_before(conn, before)
         return removed.events
 

@@ -168,7 +168,7 @@ async def test_two_instances_writing_the_same_keys_at_once_store_each_once(store
 
 
 async def test_dropping_before_a_cutoff_removes_whole_partitions_only(store):
-    """drop_partitions_before removes the partitions wholly before the cut-off and counts their
+    """purge_whole removes the partitions wholly before the cut-off and counts their
     events, leaves the straddling one whole, and corrects the execution summaries."""
     events = await append(
         store,
@@ -186,9 +186,7 @@ async def test_dropping_before_a_cutoff_removes_whole_partitions_only(store):
     await moved(store, cutoff - timedelta(hours=1), events[4].seq)  # before, in the straddler
     doomed = [p.name for p in held if p.upper <= cutoff]
     assert doomed
-    removed = await store.drop_partitions_before(cutoff)
-    assert removed.names == doomed
-    assert removed.events == 3
+    assert await store.purge_whole(cutoff) == 3
     left = await store.list_partitions()
     assert [p.name for p in left] == [p.name for p in held if p.upper > cutoff]
     assert straddling is not None and straddling.name in [p.name for p in left]
@@ -361,9 +359,7 @@ async def test_a_removal_interrupted_after_its_detach_is_finished_by_the_next(st
     await moved(store, datetime.now(UTC) - timedelta(days=30), old.seq)
     name = await where(store, old.seq)
     await store.pool.execute(f"ALTER TABLE events DETACH PARTITION {name}")
-    removed = await store.drop_partitions_before(datetime.now(UTC) - timedelta(days=60))
-    assert removed.names == [name]
-    assert removed.events == 1
+    assert await store.purge_whole(datetime.now(UTC) - timedelta(days=60)) == 1
     assert await store.execution(1) is None
     assert (await store.execution(2)).event_count == 1
     assert await store.pool.fetchval("SELECT to_regclass($1)", name) is None
