@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from eventlog.storage import postgres, sqlite
-from eventlog.storage.base import FILTERS, EventStore, Page
+from eventlog.storage.base import FILTERS, EventStore, Page, WritePlan
 from eventlog.storage.registry import open_store
 
-from .test_contract import append, new_event
+from .test_contract import NOW, append, new_event
 
 EXECUTIONS, PER_EXECUTION = 400, 50
 TYPES = ["step.enter", "step.exit", "call.done", "command.completed", "step.failed"]
@@ -30,8 +30,10 @@ INDEX = {
     "sqlite": {f: f"events_{f}" for f in FILTERS},
     "postgres": {f: f"{f}_seq" for f in FILTERS},
 }
-# events_execution_seq; a partition's copy is named from its columns: ..._execution_id_seq_idx
+# PostgreSQL's events_execution_seq; a partition's copy is named from its columns:
+# ..._execution_id_seq_idx. SQLite reads an execution from the index holding its events whole.
 EXECUTION_INDEX = ("execution_seq", "execution_id_seq")
+SQLITE_EXECUTION = "COVERING INDEX events_execution "
 
 
 @pytest.fixture
@@ -136,7 +138,7 @@ async def test_a_filter_within_an_execution_reads_an_index(store, name, value):
     page = Page(execution_id=7, **{name: value[name]}, after=0)
     text = await plan(store, page)
     if store.backend == "sqlite":
-        assert_reads(store, text, *EXECUTION_INDEX)
+        assert_reads(store, text, SQLITE_EXECUTION)
     else:
         # BitmapAnd of both, then a sort of the execution's few matches, is also fine.
         if "BitmapAnd" not in text:
@@ -144,6 +146,61 @@ async def test_a_filter_within_an_execution_reads_an_index(store, name, value):
     events = await store.page(page)
     assert all(e.execution_id == 7 and getattr(e, name) == value[name] for e in events)
     assert (events != []) == (value is COMMON)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL's index entries are bounded
+@pytest.mark.parametrize("descending", [False, True])
+async def test_an_execution_is_read_without_visiting_the_table_on_sqlite(store, descending):
+    """SQLite keeps an execution's events together, in an index that holds every column: its
+    pages, filtered or not, never read a row of the table (one read of the file per event once
+    the log outgrows memory)."""
+    for extra in ({}, {"event_type": ABSENT["event_type"]}, {"worker_id": COMMON["worker_id"]}):
+        page = Page(execution_id=7, after=0, descending=descending, **extra)
+        text = await plan(store, page)
+        assert SQLITE_EXECUTION in text and len(text.splitlines()) == 1, text
+    events = await store.page(Page(execution_id=7, limit=1000))
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    assert len(events) == PER_EXECUTION and {e.execution_id for e in events} == {7}
+    db = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+    try:
+        table = [r[1] for r in db.execute("PRAGMA table_info(events)")]
+        index = [r[2] for r in db.execute("PRAGMA index_info(events_execution)")]
+    finally:
+        db.close()
+    assert index[:2] == ["execution_id", "seq"]
+    assert sorted(index) == sorted(table), "a column of events is missing from events_execution"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("duplicate", [False, True], ids=["all new", "one stored"])
+async def test_postgres_writes_a_group_execution_by_execution(dsn, duplicate):
+    """PostgreSQL's table is in insertion order: a group's rows go in execution by execution,
+    so an execution's page reads a heap page for each few of its events; their seq values stay
+    in arrival order. Both insert statements (a group with a stored key takes the other)."""
+    async with open_store(dsn) as store:
+        await store.migrate()
+        if duplicate:
+            await append(store, new_event(3, 10**6))
+        group = [new_event(1 + n % 8, 10**6 + n) for n in range(400)]  # interleaved, as produced
+        if duplicate:
+            group.append(new_event(3, 10**6))  # stored already: written once, not again
+        await store.write(
+            [e.key for e in group],
+            [],
+            NOW,
+            lambda stored, _: WritePlan([e for e in group if e.key not in stored]),
+        )
+        async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
+            rows = await conn.fetch(
+                "SELECT execution_id, event_id, seq FROM events WHERE event_id >= $1 ORDER BY ctid",
+                10**6 + int(duplicate),
+            )
+    order = [r["execution_id"] for r in rows]
+    runs = [x for i, x in enumerate(order) if i == 0 or order[i - 1] != x]
+    assert runs == sorted(runs) and len(runs) == 8, runs  # one run of rows per execution
+    by_id = {r["event_id"]: r["seq"] for r in rows}
+    seqs = [by_id[e.event_id] for e in group if e.event_id in by_id]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # arrival order, no gap
 
 
 @pytest.mark.parametrize("pair", list(itertools.combinations(FILTERS, 2)))
