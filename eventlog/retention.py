@@ -30,7 +30,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 # the last ones took, so a slow disk or a busy database gets smaller steps.
 STEP_SECONDS = 0.015
 FIRST_STEP, MIN_STEP, MAX_STEP = 500, 50, 50_000
-RECLAIM_PAGES = 500  # SQLite pages a step of incremental vacuum frees (2 MiB of 4 KiB pages)
+# SQLite pages a step of incremental vacuum frees, paced the same way (a step that moves pages
+# the disk must read first takes longer: 500 pages took up to 100 ms at 10 million events).
+FIRST_RECLAIM, MIN_RECLAIM, MAX_RECLAIM = 100, 10, 5000
 ARCHIVE_PAGE = 1000
 
 
@@ -82,22 +84,40 @@ async def purge(
                 "behind the database written to): nothing was removed; try again"
             )
     # What the database keeps apart goes whole; what is left, a short step at a time.
-    removed, step = await store.purge_whole(before), FIRST_STEP
+    removed, step = await store.purge_whole(before), _Pace(FIRST_STEP, MIN_STEP, MAX_STEP, clock)
     while True:
-        started = clock()
-        count = await store.purge_chunk(through, step)
-        took = clock() - started
+        with step:
+            count = await store.purge_chunk(through, step.size)
         if count == 0 and await store.purged_through() >= through:
             break
         removed += count
-        # Aim the next step at STEP_SECONDS: down at once, up by half at most (a step's time
-        # is not proportional to its size: it also waits for the disk).
-        wanted = step * STEP_SECONDS / max(took, 1e-4)
-        step = int(min(max(wanted, MIN_STEP), step * 1.5, MAX_STEP))
-        await asyncio.sleep(max(store.purge_pause, took))
-    while await store.reclaim(RECLAIM_PAGES):
-        await asyncio.sleep(store.purge_pause)
+        await asyncio.sleep(max(store.purge_pause, step.took))
+    reclaim = _Pace(FIRST_RECLAIM, MIN_RECLAIM, MAX_RECLAIM, clock)
+    while True:
+        with reclaim:
+            more = await store.reclaim(reclaim.size)
+        if not more:
+            break
+        await asyncio.sleep(max(store.purge_pause, reclaim.took))
     return PurgeResult(through, removed, archived)
+
+
+class _Pace:
+    """The size of a purge's steps, aimed at STEP_SECONDS each from the time the last one
+    took: down at once, up by half at most (a step's time is not proportional to its size:
+    it also waits for the disk)."""
+
+    def __init__(self, first: int, low: int, high: int, clock: Callable[[], float]) -> None:
+        self.size, self.low, self.high, self.clock = first, low, high, clock
+        self.took = 0.0
+
+    def __enter__(self) -> None:
+        self.started = self.clock()
+
+    def __exit__(self, *exc: object) -> None:
+        self.took = self.clock() - self.started
+        wanted = self.size * STEP_SECONDS / max(self.took, 1e-4)
+        self.size = int(min(max(wanted, self.low), self.size * 1.5, self.high))
 
 
 def ndjson(events: list[Event]) -> bytes:

@@ -568,8 +568,23 @@ class SqliteStore(EventStore):
     async def purge_keys(self, now: datetime) -> int:
         return await self._in_writer(self._purge_sync, now)
 
+    @contextlib.contextmanager
+    def _unsynced(self) -> Any:
+        """A purge's transactions commit without waiting for the disk: the write lock is
+        then held for the step's work alone, not for a sync that a busy disk can make last
+        100 ms (measured at 10 million events). The next durable commit syncs the WAL with
+        them; a crash before it loses only steps that the next purge does again (events that
+        were due to go, still there)."""
+        db = self._writer
+        assert db is not None
+        db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+
     def _purge_chunk_sync(self, through: int, limit: int) -> int:
-        with self._immediate() as db:
+        with self._unsynced(), self._immediate() as db:
             (horizon,) = db.execute("SELECT purged_seq FROM eventlog_head WHERE id = 1").fetchone()
             high = min(horizon + limit, through)
             if high <= horizon:
@@ -647,7 +662,8 @@ class SqliteStore(EventStore):
         assert db is not None
         # sqlite3's execute() steps this pragma once, freeing one page; sqlite3_exec (through
         # executescript, which commits nothing here: no transaction is open) runs it through.
-        db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+        with self._unsynced():
+            db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
         (free,) = db.execute("PRAGMA freelist_count").fetchone()
         (mode,) = db.execute("PRAGMA auto_vacuum").fetchone()
         return bool(free > 0 and mode == 2)  # 2: incremental

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventlog import retention
 from eventlog.codec import converter
 from eventlog.envelope import Event, Execution
 from eventlog.log import EventLog
@@ -219,6 +220,82 @@ async def test_ingest_during_a_purge_loses_nothing_and_stores_nothing_twice(dsn:
         assert sorted(e.event_id for e in held) == sorted(a["event_id"] for a in acknowledged)
         assert [e.seq for e in held] == list(range(result.through + 1, held[-1].seq + 1))
         assert all(r.duplicate for r in retried)
+
+
+async def test_purge_steps_commit_without_waiting_for_the_disk_and_writes_still_do(dsn: str):
+    """A purge's transactions skip the commit's sync (the lock is held for the work alone);
+    the setting is scoped to them: the writes before and after sync as configured."""
+    statements: list[str] = []
+    async with EventLog.open(dsn) as log:
+        store = log.store
+        await log.append_batch([{"execution_id": 1, "event_type": "e", "step": "s"}] * 600)
+        cut = (await log.page(Page(descending=True, limit=1)))[0].ingested_at
+        if store.backend == "sqlite":
+            store._writer.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        else:
+            async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
+                conn.add_query_logger(lambda q: statements.append(q.query))
+        await purge(store, cut + timedelta(microseconds=1))
+        await log.append({"execution_id": 2, "event_type": "e", "step": "s"})
+        if store.backend == "sqlite":
+            (level,) = store._writer.execute("PRAGMA synchronous").fetchone()  # type: ignore
+            assert level == 2  # FULL, as configured
+            steps = [i for i, q in enumerate(statements) if q.startswith("DELETE FROM events")]
+            assert steps
+            for i in steps:  # each step between NORMAL and back to FULL, around its BEGIN
+                before = [
+                    q for q in statements[:i] if q.startswith(("PRAGMA synchronous", "BEGIN"))
+                ]
+                assert before[-2:] == ["PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE"]
+                after = [q for q in statements[i:] if q.startswith("PRAGMA synchronous")]
+                assert after[0] == "PRAGMA synchronous = FULL"
+            writes = [i for i, q in enumerate(statements) if q.startswith("INSERT INTO events")]
+            assert writes and all(
+                [q for q in statements[:i] if q.startswith("PRAGMA synchronous")][-1]
+                == "PRAGMA synchronous = FULL"
+                for i in writes
+            )
+        else:
+            lock = "SELECT purged_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+            steps = [q for q in statements if q == lock]
+            assert steps and statements.count("SET LOCAL synchronous_commit = off") == len(steps)
+            async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SHOW synchronous_commit") == "on"
+
+
+# Step times exact in binary, so that the expected sizes are computed as the purge does.
+@pytest.mark.parametrize("took", [1 / 32, 1 / 1024], ids=["slow steps", "fast steps"])
+async def test_purge_and_reclaim_steps_are_paced_by_the_time_they_take(tmp_path: Path, took):
+    """Each step's size aims at STEP_SECONDS from the time the last one took: twice too slow
+    halves it (down to the floor), much too fast grows it by half at most. The incremental
+    vacuum that follows a SQLite purge is paced the same way."""
+    path = tmp_path / "events.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.migrate()
+        written = await _fill(store, 500)
+        store.purge_pause = 0.0  # type: ignore[misc]  # the pauses then last as long as a step
+        sizes: dict[str, list[int]] = {"purge_chunk": [], "reclaim": []}
+        for name, recorded in sizes.items():
+            real = getattr(store, name)
+
+            async def recording(*args, real=real, recorded=recorded):
+                recorded.append(args[-1])
+                return await real(*args)
+
+            setattr(store, name, recording)
+        ticks = itertools.count(step=took)  # a step takes `took` between its two readings
+        await purge(store, written[-1].ingested_at + timedelta(seconds=1), clock=ticks.__next__)
+    steps, reclaims = sizes["purge_chunk"], sizes["reclaim"]
+    assert steps[0] == retention.FIRST_STEP and reclaims[0] == retention.FIRST_RECLAIM
+    for seen, low in ((steps, retention.MIN_STEP), (reclaims, retention.MIN_RECLAIM)):
+        pairs = list(itertools.pairwise(seen))
+        assert pairs, seen
+        if took > retention.STEP_SECONDS:
+            assert all(b == max(low, int(a * retention.STEP_SECONDS / took)) for a, b in pairs)
+        else:
+            assert all(b == int(a * 1.5) for a, b in pairs[:3]), seen
+    if took > retention.STEP_SECONDS:
+        assert reclaims[-1] == retention.MIN_RECLAIM  # the floor
 
 
 def _pages(path: Path) -> tuple[int, int]:
