@@ -64,7 +64,10 @@ def test_tiny_run_prints_every_figure_at_every_checkpoint(store):
     for name in FIGURES:
         found = [line for line in lines if re.search(re.escape(name) + " +" + LATENCY, line)]
         assert len(found) == 2, (name, out)
-    assert len(re.findall(r"feed event_type=<\d+ of them> +" + LATENCY, out)) == 2, out
+    assert len(re.findall(r"feed event_type=<all \d+ of them> +" + LATENCY, out)) == 2, out
+    # The compared page: as many as the first checkpoint matched, at both checkpoints.
+    few = re.findall(r"feed event_type=<first (\d+) of them> +" + LATENCY, out)
+    assert len(few) == 2 and few[0] == few[1], out
     assert len(re.findall(r"database size +[\d,.]+ MiB, [\d,.]+ MiB per million events", out)) == 2
     if purge_available():
         removed = [
@@ -78,6 +81,7 @@ def test_tiny_run_prints_every_figure_at_every_checkpoint(store):
         "ingest rate",
         "single append p99",
         "execution page p50",
+        "feed event_type=<first few> p50",
         "size per million events",
     ):
         assert re.search(
