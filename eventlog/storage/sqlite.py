@@ -571,10 +571,10 @@ class SqliteStore(EventStore):
     @contextlib.contextmanager
     def _unsynced(self) -> Any:
         """A purge's transactions commit without waiting for the disk: the write lock is
-        then held for the step's work alone, not for a sync that a busy disk can make last
-        100 ms (measured at 10 million events). The next durable commit syncs the WAL with
-        them; a crash before it loses only steps that the next purge does again (events that
-        were due to go, still there)."""
+        then held for the step's work alone, not for a sync that a busy disk can stretch (to
+        100 ms for PostgreSQL's at 10 million events). The next durable commit syncs the WAL
+        with them; a crash before it loses only steps that the next purge does again (events
+        that were due to go, still there)."""
         db = self._writer
         assert db is not None
         db.execute("PRAGMA synchronous = NORMAL")
