@@ -244,6 +244,8 @@ async def _purge(settings: Settings, before: datetime, dry_run: bool, archive: s
         result = await purge(store, before, dry_run=dry_run, archive=archive)
     if result.archived is not None:
         log.info("archived %d events to %s", result.archived, archive)
+    if result.steps:
+        log.info("removed %d events %s", result.removed, result.steps_said)
     print(result.removed)
     return 0
 

@@ -142,9 +142,10 @@ class EventLog:
             else:
                 if result.removed:
                     log.info(
-                        "retention removed %d events (through seq %d)",
+                        "retention removed %d events (through seq %d) %s",
                         result.removed,
                         result.through,
+                        result.steps_said,
                     )
             await asyncio.sleep(self.settings.retention_interval)
 

@@ -56,6 +56,16 @@ class PurgeResult:
     through: int
     removed: int
     archived: int | None = None  # events written to the archive, when there was one
+    steps: int = 0  # the short transactions it took
+    longest_hold: float = 0.0  # the longest any of them held the write lock, in seconds
+
+    @property
+    def steps_said(self) -> str:
+        """The steps as logs say them (scripts read the figure back from there)."""
+        return (
+            f"in {self.steps} steps; the write lock was held at most "
+            f"{self.longest_hold * 1000:.1f} ms at a time"
+        )
 
 
 async def purge(
@@ -85,12 +95,14 @@ async def purge(
             )
     # What the database keeps apart goes whole; what is left, a short step at a time.
     removed, step = await store.purge_whole(before), _Pace(FIRST_STEP, MIN_STEP, MAX_STEP, clock)
+    steps, longest = 0, 0.0
     while True:
         with step:
-            count = await store.purge_chunk(through, step.size)
-        if count == 0 and await store.purged_through() >= through:
+            done = await store.purge_chunk(through, step.size)
+        steps, longest = steps + 1, max(longest, done.held)
+        if done.removed == 0 and await store.purged_through() >= through:
             break
-        removed += count
+        removed += done.removed
         await asyncio.sleep(max(store.purge_pause, step.took))
     reclaim = _Pace(FIRST_RECLAIM, MIN_RECLAIM, MAX_RECLAIM, clock)
     while True:
@@ -99,7 +111,7 @@ async def purge(
         if not more:
             break
         await asyncio.sleep(max(store.purge_pause, reclaim.took))
-    return PurgeResult(through, removed, archived)
+    return PurgeResult(through, removed, archived, steps, longest)
 
 
 class _Pace:

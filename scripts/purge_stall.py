@@ -114,7 +114,6 @@ async def measure(dsn: str, events: int, by_hand: bool) -> None:
         await asyncio.sleep(BASELINE_SECONDS)
         baseline = appender.latencies[:]
         appender.latencies.clear()
-        steps: list[float] = []
         started = time.perf_counter()
         if by_hand:
             proc = await asyncio.create_subprocess_exec(
@@ -127,21 +126,16 @@ async def measure(dsn: str, events: int, by_hand: bool) -> None:
                 "--before",
                 cut.isoformat(),
                 stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
-            out, _ = await proc.communicate()
+            out, err = await proc.communicate()
             removed = int(out)
+            said = err.decode(errors="replace").strip().splitlines()
+            longest = said[-1].split(" events ", 1)[-1] if said else ""
         else:
-            chunk = log.store.purge_chunk
-
-            async def timed(through: int, limit: int) -> int:
-                t = time.perf_counter()
-                try:
-                    return await chunk(through, limit)
-                finally:
-                    steps.append(time.perf_counter() - t)
-
-            log.store.purge_chunk = timed  # type: ignore[method-assign]
-            removed = (await purge(log.store, cut)).removed
+            result = await purge(log.store, cut)
+            removed = result.removed
+            longest = result.steps_said
         took = time.perf_counter() - started
         during = appender.latencies[:]
         appender.stop()
@@ -150,10 +144,7 @@ async def measure(dsn: str, events: int, by_hand: bool) -> None:
         assert removed == events, (removed, events)
         assert sorted(e.event_id for e in held) == sorted(appender.acknowledged)
         how = "by hand (eventlog purge, another process)" if by_hand else "in process (retention)"
-        print(f"  purge {how}: {removed:,} events in {took:.1f} s", end="")
-        if steps:
-            print(f", {len(steps)} steps, longest {max(steps) * 1000:.1f} ms", end="")
-        print()
+        print(f"  purge {how}: {removed:,} events in {took:.1f} s, {longest}")
         print(f"    alone:        {_figures(baseline)}")
         print(f"    during purge: {_figures(during)}")
         print(f"    every one of {len(appender.acknowledged):,} acknowledged appends held once")

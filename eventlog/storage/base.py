@@ -226,6 +226,15 @@ class ReplicaLag:
 
 
 @attrs.frozen
+class PurgeStep:
+    """What one purge step did: how many events it removed, and for how many seconds it held
+    the write lock (from taking it to its commit's end: the time writes wait at most)."""
+
+    removed: int
+    held: float
+
+
+@attrs.frozen
 class Migration:
     """One versioned schema change, read from ``migrations/<backend>/NNNN_name.sql``."""
 
@@ -552,11 +561,11 @@ class EventStore(abc.ABC):
         """How many events are held at or below seq ``through``."""
 
     @abc.abstractmethod
-    async def purge_chunk(self, through: int, limit: int) -> int:
+    async def purge_chunk(self, through: int, limit: int) -> PurgeStep:
         """In one short transaction, serialised with the writer: remove the oldest held events,
         at most ``limit`` seq values of them and none past ``through``, correct the summaries
         of their executions (dropping those left without events) and move the horizon;
-        returns how many events were removed."""
+        returns how many events were removed and how long the write lock was held."""
 
     async def purge_whole(self, before: datetime) -> int:
         """Remove at once the events the database keeps apart by ingestion time, all of them

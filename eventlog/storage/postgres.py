@@ -30,6 +30,7 @@ from .base import (
     NodeClaimLost,
     NodeHolder,
     Page,
+    PurgeStep,
     ReplicaLag,
     StoreError,
     StoreUnavailable,
@@ -796,44 +797,53 @@ class PostgresStore(EventStore):
             )
         return count
 
-    async def purge_chunk(self, through: int, limit: int) -> int:
+    async def purge_chunk(self, through: int, limit: int) -> PurgeStep:
         with _translated():
             async with (
                 asyncio.timeout(self._connect_timeout + self._command_timeout),
                 self.pool.acquire() as conn,
-                conn.transaction(),
             ):
-                # Committed without waiting for the WAL's flush, so the head's lock is held
-                # for the step's work alone (a flush behind a checkpoint's sync took 100 ms,
-                # measured at 10 million events). A later durable commit flushes it too; a
-                # crash before that loses steps the next purge does again.
-                await conn.execute("SET LOCAL synchronous_commit = off")
-                # The head's row lock first, as every write takes it: purges and writes take
-                # turns, and the summaries they both change are never locked in two orders.
-                horizon: int = await conn.fetchval(
-                    "SELECT purged_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
-                )
-                high = min(horizon + limit, through)
-                if high <= horizon:
-                    return 0
-                gone = await conn.fetch(_PURGE_GONE, horizon, high, _TERMINAL)
-                await conn.execute(
-                    _PURGE_SUMMARIES,
-                    [r["execution_id"] for r in gone],
-                    [r["n"] for r in gone],
-                    [r["first_at"] for r in gone],
-                    [r["last_at"] for r in gone],
-                    [r["terminal"] for r in gone],
-                    _TERMINAL,
-                    through,
-                )
-                await conn.execute(
-                    "DELETE FROM executions WHERE execution_id = ANY($1::bigint[]) "
-                    "AND event_count <= 0",
-                    [r["execution_id"] for r in gone],
-                )
-                await conn.execute("UPDATE eventlog_head SET purged_seq = $1 WHERE id = 1", high)
-        return sum(r["n"] for r in gone)
+                async with conn.transaction():
+                    locked, removed = await self._purge_locked(conn, through, limit)
+                # The writes' lock, from the head's row lock to the commit's end.
+                return PurgeStep(removed, time.perf_counter() - locked)
+
+    async def _purge_locked(
+        self, conn: asyncpg.Connection, through: int, limit: int
+    ) -> tuple[float, int]:
+        """One step's work in the caller's transaction: when it had the head's lock, and how
+        many events it removed."""
+        # Committed without waiting for the WAL's flush, so the head's lock is held for the
+        # step's work alone (a flush behind a checkpoint's sync took 100 ms, measured at 10
+        # million events). A later durable commit flushes it too; a crash before that loses
+        # steps the next purge does again.
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        # The head's row lock first, as every write takes it: purges and writes take turns,
+        # and the summaries they both change are never locked in two orders.
+        horizon: int = await conn.fetchval(
+            "SELECT purged_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
+        )
+        locked = time.perf_counter()
+        high = min(horizon + limit, through)
+        if high <= horizon:
+            return locked, 0
+        gone = await conn.fetch(_PURGE_GONE, horizon, high, _TERMINAL)
+        await conn.execute(
+            _PURGE_SUMMARIES,
+            [r["execution_id"] for r in gone],
+            [r["n"] for r in gone],
+            [r["first_at"] for r in gone],
+            [r["last_at"] for r in gone],
+            [r["terminal"] for r in gone],
+            _TERMINAL,
+            through,
+        )
+        await conn.execute(
+            "DELETE FROM executions WHERE execution_id = ANY($1::bigint[]) AND event_count <= 0",
+            [r["execution_id"] for r in gone],
+        )
+        await conn.execute("UPDATE eventlog_head SET purged_seq = $1 WHERE id = 1", high)
+        return locked, sum(r["n"] for r in gone)
 
     async def vacuum(self) -> None:
         # Autovacuum reuses the space in time; this does it now and refreshes the statistics.

@@ -11,6 +11,7 @@ import resource
 import shutil
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from .base import (
     NodeClaimLost,
     NodeHolder,
     Page,
+    PurgeStep,
     StoreError,
     StoreUnavailable,
     choose_node,
@@ -583,62 +585,63 @@ class SqliteStore(EventStore):
         finally:
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
 
-    def _purge_chunk_sync(self, through: int, limit: int) -> int:
-        with self._unsynced(), self._immediate() as db:
-            (horizon,) = db.execute("SELECT purged_seq FROM eventlog_head WHERE id = 1").fetchone()
-            high = min(horizon + limit, through)
-            if high <= horizon:
-                return 0
-            span = (horizon, high)
-            gone = db.execute(
-                "SELECT execution_id, count(*), min(created_at), max(created_at), "
-                f"max(lower(event_type) IN ({_TERMINAL})) FROM events "
-                "WHERE seq > ? AND seq <= ? GROUP BY execution_id",
-                span,
-            ).fetchall()
-            removed: int = db.execute(
-                "DELETE FROM events WHERE seq > ? AND seq <= ?", span
-            ).rowcount
-            # The events left of each execution are all newer than those removed: its last
-            # event (type, seq) stays; its count, its created_at range (when a removed event
-            # held an end of it) and, when its last terminal event went, its status change.
-            # Only executions that outlive the purge (last seq past its cut) are recounted: the
-            # others lose their summary when their last event goes, and recounting them at
-            # every step read each one's events again and again (most of a step's time).
-            db.executemany(
-                "UPDATE executions SET event_count = event_count - ? WHERE execution_id = ?",
-                [(n, x) for x, n, *_ in gone],
-            )
-            ids = [(x,) for x, *_ in gone]
-            db.executemany(
-                "DELETE FROM executions WHERE execution_id = ? AND event_count <= 0", ids
-            )
-            db.executemany(
-                "UPDATE executions SET first_event_at = (SELECT min(created_at) FROM events e "
-                "WHERE e.execution_id = executions.execution_id) "
-                "WHERE execution_id = ? AND first_event_at >= ? AND last_seq > ?",
-                [(x, first, through) for x, _, first, _, _ in gone],
-            )
-            db.executemany(
-                "UPDATE executions SET last_event_at = (SELECT max(created_at) FROM events e "
-                "WHERE e.execution_id = executions.execution_id) "
-                "WHERE execution_id = ? AND last_event_at <= ? AND last_seq > ?",
-                [(x, last, through) for x, _, _, last, _ in gone],
-            )
-            db.executemany(
-                "UPDATE executions SET status = 'RUNNING' WHERE execution_id = ? "
-                "AND last_seq > ? AND status <> 'RUNNING' AND NOT EXISTS (SELECT 1 FROM events e "
-                "WHERE e.execution_id = executions.execution_id "
-                f"AND lower(e.event_type) IN ({_TERMINAL}))",
-                [(x, through) for x, *_, terminal in gone if terminal],
-            )
-            db.execute("UPDATE eventlog_head SET purged_seq = ? WHERE id = 1", (high,))
+    def _purge_chunk_sync(self, through: int, limit: int) -> PurgeStep:
+        with self._unsynced(), self._immediate() as db:  # the write lock, to the COMMIT's end
+            locked = time.perf_counter()
+            removed = self._purge_locked(db, through, limit)
+        return PurgeStep(removed, time.perf_counter() - locked)
+
+    def _purge_locked(self, db: sqlite3.Connection, through: int, limit: int) -> int:
+        (horizon,) = db.execute("SELECT purged_seq FROM eventlog_head WHERE id = 1").fetchone()
+        high = min(horizon + limit, through)
+        if high <= horizon:
+            return 0
+        span = (horizon, high)
+        gone = db.execute(
+            "SELECT execution_id, count(*), min(created_at), max(created_at), "
+            f"max(lower(event_type) IN ({_TERMINAL})) FROM events "
+            "WHERE seq > ? AND seq <= ? GROUP BY execution_id",
+            span,
+        ).fetchall()
+        removed: int = db.execute("DELETE FROM events WHERE seq > ? AND seq <= ?", span).rowcount
+        # The events left of each execution are all newer than those removed: its last
+        # event (type, seq) stays; its count, its created_at range (when a removed event
+        # held an end of it) and, when its last terminal event went, its status change.
+        # Only executions that outlive the purge (last seq past its cut) are recounted: the
+        # others lose their summary when their last event goes, and recounting them at
+        # every step read each one's events again and again (most of a step's time).
+        db.executemany(
+            "UPDATE executions SET event_count = event_count - ? WHERE execution_id = ?",
+            [(n, x) for x, n, *_ in gone],
+        )
+        ids = [(x,) for x, *_ in gone]
+        db.executemany("DELETE FROM executions WHERE execution_id = ? AND event_count <= 0", ids)
+        db.executemany(
+            "UPDATE executions SET first_event_at = (SELECT min(created_at) FROM events e "
+            "WHERE e.execution_id = executions.execution_id) "
+            "WHERE execution_id = ? AND first_event_at >= ? AND last_seq > ?",
+            [(x, first, through) for x, _, first, _, _ in gone],
+        )
+        db.executemany(
+            "UPDATE executions SET last_event_at = (SELECT max(created_at) FROM events e "
+            "WHERE e.execution_id = executions.execution_id) "
+            "WHERE execution_id = ? AND last_event_at <= ? AND last_seq > ?",
+            [(x, last, through) for x, _, _, last, _ in gone],
+        )
+        db.executemany(
+            "UPDATE executions SET status = 'RUNNING' WHERE execution_id = ? "
+            "AND last_seq > ? AND status <> 'RUNNING' AND NOT EXISTS (SELECT 1 FROM events e "
+            "WHERE e.execution_id = executions.execution_id "
+            f"AND lower(e.event_type) IN ({_TERMINAL}))",
+            [(x, through) for x, *_, terminal in gone if terminal],
+        )
+        db.execute("UPDATE eventlog_head SET purged_seq = ? WHERE id = 1", (high,))
         return removed
 
-    async def purge_chunk(self, through: int, limit: int) -> int:
-        removed = await self._in_writer(self._purge_chunk_sync, through, limit)
+    async def purge_chunk(self, through: int, limit: int) -> PurgeStep:
+        step = await self._in_writer(self._purge_chunk_sync, through, limit)
         await self._checkpoint()
-        return removed
+        return step
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the file on a connection of its own, in a thread of its own: a
