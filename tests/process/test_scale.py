@@ -50,7 +50,7 @@ def test_tiny_run_prints_every_figure_at_every_checkpoint(store):
     kind, dsn = store
     argv = [sys.executable, "scripts/scale.py", "--store", kind, "--dsn", dsn]
     argv += ["--events", "3000", "--checkpoints", "1000,3000", "--batch", "250"]
-    argv += ["--samples", "8", "--budget", "1", "--progress", "1"]
+    argv += ["--samples", "8", "--budget", "1", "--progress", "1", "--quiet", "0.5"]
     done = subprocess.run(
         argv, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600, check=False
     )
@@ -74,6 +74,11 @@ def test_tiny_run_prints_every_figure_at_every_checkpoint(store):
             int(n.replace(",", "")) for n in re.findall(r"purge 10% .* for ([\d,]+) events", out)
         ]
         assert len(removed) == 2 and all(n > 0 for n in removed), out
+        held = re.findall(r"purge, longest write-lock hold +(\d+\.\d) ms", out)
+        assert len(held) == 2 and all(float(h) > 0 for h in held), out
+        for label in ("appends during purge", "appends, 0.5 s before"):
+            tails = re.findall(re.escape(label) + " +" + LATENCY + r"  worst \d+\.\d ms", out)
+            assert len(tails) == 2, (label, out)
     else:
         assert out.count("purge: not available") == 2, out
     table = out[out.index("| figure |") :]
@@ -83,7 +88,19 @@ def test_tiny_run_prints_every_figure_at_every_checkpoint(store):
         "execution page p50",
         "feed event_type=<first few> p50",
         "size per million events",
+        *(("append p99 during purge",) if purge_available() else ()),
     ):
         assert re.search(
-            rf"\| {row} \| \S+ \| [\d,.]+ \| [\d,.]+ \| \d+\.\d\d \| (YES|no) \|", table
-        )
+            rf"\| {re.escape(row)} \| \S+ \| [\d,.]+ \| [\d,.]+ \| \d+\.\d\d \| (YES|no) \|", table
+        ), (row, table)
+    if purge_available():  # under the compared rows: the hold against its bound, the worst
+        shown = {
+            "purge, longest write-lock hold": r"(within|OVER) ~50 ms at both",
+            "worst append during purge": "not compared",
+            "worst append just before, no purge": "not compared",
+        }
+        for row, said in shown.items():
+            assert re.search(
+                rf"\| {re.escape(row)} \| ms \| [\d,.]+ \| [\d,.]+ \| \d+\.\d\d \| {said} \|",
+                table,
+            ), (row, table)
