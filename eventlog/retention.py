@@ -56,8 +56,10 @@ class PurgeResult:
     through: int
     removed: int
     archived: int | None = None  # events written to the archive, when there was one
-    steps: int = 0  # the short transactions it took
-    longest_hold: float = 0.0  # the longest any of them held the write lock, in seconds
+    steps: int = 0  # the short transactions that removed the events
+    # The longest any of them, or of the space-returning steps after them, held the write
+    # lock, in seconds.
+    longest_hold: float = 0.0
 
     @property
     def steps_said(self) -> str:
@@ -107,8 +109,9 @@ async def purge(
     reclaim = _Pace(FIRST_RECLAIM, MIN_RECLAIM, MAX_RECLAIM, clock)
     while True:
         with reclaim:
-            more = await store.reclaim(reclaim.size)
-        if not more:
+            given = await store.reclaim(reclaim.size)
+        longest = max(longest, given.held)
+        if not given.more:
             break
         await asyncio.sleep(max(store.purge_pause, reclaim.took))
     return PurgeResult(through, removed, archived, steps, longest)

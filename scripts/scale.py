@@ -453,9 +453,9 @@ class Run:
         low, high, cut = await self.held()
         held = high - low + 1 if high else 0
         figures["held"] = held
-        # The load leaves the kernel gigabytes of dirty pages to write back at 10M (hundreds of
-        # MB at 1M); reads measured during that writeback wait behind it (an execution's page
-        # p99 at 271 ms, measured). Each checkpoint measures on a settled disk.
+        # PostgreSQL leaves the pages the load dirtied to its checkpoints and the kernel: the
+        # reads are measured once nothing of the load is still being written back (SQLite syncs
+        # its own commits: nothing is left, and this takes no time there).
         settling = time.monotonic()
         await asyncio.to_thread(os.sync)
         settled = time.monotonic() - settling
@@ -648,8 +648,9 @@ def compare(kind: str, first: dict[str, Any], last: dict[str, Any]) -> None:
         if aim is None:
             said = "not compared"
         else:
-            over = [v for v in (x, y) if v is not None and v > aim]
-            said = f"{'OVER' if over else 'within'} ~{aim:g} {unit} at both"
+            over = [_count(n) for n, v in ((a, x), (b, y)) if v is not None and v > aim]
+            said = f"OVER ~{aim:g} {unit} at {' and '.join(over)}" if over else (
+                f"within ~{aim:g} {unit} at both")  # fmt: skip
         print(f"| {label} | {unit} | {_num(x)} | {_num(y)} | {ratio} | {said} |")
 
 

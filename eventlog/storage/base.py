@@ -235,6 +235,15 @@ class PurgeStep:
 
 
 @attrs.frozen
+class ReclaimStep:
+    """What one step of giving space back did: whether more free space remains, and for how
+    many seconds it held the write lock."""
+
+    more: bool
+    held: float
+
+
+@attrs.frozen
 class Migration:
     """One versioned schema change, read from ``migrations/<backend>/NNNN_name.sql``."""
 
@@ -573,10 +582,10 @@ class EventStore(abc.ABC):
         first and correcting the summaries; returns how many went. The rest is purge_chunk's."""
         return 0
 
-    async def reclaim(self, pages: int) -> bool:
+    async def reclaim(self, pages: int) -> ReclaimStep:
         """Give up to ``pages`` free pages back to the file system (where the database keeps
-        them); True while more remain."""
-        return False
+        them); says whether more remain."""
+        return ReclaimStep(False, 0.0)
 
     @abc.abstractmethod
     async def vacuum(self) -> None:

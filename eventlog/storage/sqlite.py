@@ -38,6 +38,7 @@ from .base import (
     NodeHolder,
     Page,
     PurgeStep,
+    ReclaimStep,
     StoreError,
     StoreUnavailable,
     choose_node,
@@ -660,21 +661,24 @@ class SqliteStore(EventStore):
         with _translated():
             await asyncio.to_thread(run)
 
-    def _reclaim_sync(self, pages: int) -> bool:
+    def _reclaim_sync(self, pages: int) -> ReclaimStep:
         db = self._writer
         assert db is not None
         # sqlite3's execute() steps this pragma once, freeing one page; sqlite3_exec (through
-        # executescript, which commits nothing here: no transaction is open) runs it through.
+        # executescript, which commits nothing here: no transaction is open) runs it through,
+        # in a transaction of its own: the write lock, from its start to its commit's end.
         with self._unsynced():
+            started = time.perf_counter()
             db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+            held = time.perf_counter() - started
         (free,) = db.execute("PRAGMA freelist_count").fetchone()
         (mode,) = db.execute("PRAGMA auto_vacuum").fetchone()
-        return bool(free > 0 and mode == 2)  # 2: incremental
+        return ReclaimStep(bool(free > 0 and mode == 2), held)  # 2: incremental
 
-    async def reclaim(self, pages: int) -> bool:
-        more = await self._in_writer(self._reclaim_sync, pages)
+    async def reclaim(self, pages: int) -> ReclaimStep:
+        step = await self._in_writer(self._reclaim_sync, pages)
         await self._checkpoint()
-        return more
+        return step
 
     def _vacuum_sync(self) -> None:
         db = self._writer
