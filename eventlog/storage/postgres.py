@@ -183,6 +183,12 @@ SELECT execution_id, count(*) AS n, min(created_at) AS first_at, max(created_at)
        bool_or(lower(event_type) = ANY($3::text[])) AS terminal
 FROM gone GROUP BY execution_id
 """
+# created_at is read from the table itself (the primary key alone would not bring its pages in).
+_PURGE_READ_AHEAD = """
+SELECT count(e.created_at) FROM eventlog_head h
+JOIN events e ON e.seq > h.purged_seq AND e.seq <= LEAST(h.purged_seq + $2, $1)
+WHERE h.id = 1
+"""
 _PURGE_SUMMARIES = """
 WITH d AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[],
@@ -803,6 +809,10 @@ class PostgresStore(EventStore):
                 asyncio.timeout(self._connect_timeout + self._command_timeout),
                 self.pool.acquire() as conn,
             ):
+                # The step's rows read first, without the lock: in a log larger than memory
+                # they are on disk, and the delete would read them under it (with the caches
+                # emptied, one step's DELETE of 1,000 rows took 207 ms holding the lock).
+                await conn.fetchval(_PURGE_READ_AHEAD, through, limit)
                 async with conn.transaction():
                     locked, removed = await self._purge_locked(conn, through, limit)
                 # The writes' lock, from the head's row lock to the commit's end.
