@@ -26,7 +26,8 @@ and it measures, through the same server, once the load's writes are on disk (sy
 Then a table compares the last checkpoint with the first and flags every figure more than twice
 as bad. Under it: the purge's longest write-lock hold against its own bound (HOLD_AIM, at both
 checkpoints), and the worst single appends with and without the purge, not compared: the worst
-of a few thousand latencies is the host's disk as much as the log's size. Loading stops at --max-minutes; the measurements are then taken where it stopped.
+of a few thousand latencies is the host's disk as much as the log's size. Loading stops at
+--max-minutes; the measurements are then taken where it stopped.
 """
 
 from __future__ import annotations
@@ -534,13 +535,8 @@ class Run:
             figures["purge"] = None
             self.say("purge: not available (this version has no `eventlog purge`)")
             return
-        quiet: list[float] = []  # the host's own tail, just before
-        until = time.monotonic() + self.opts.quiet
-        while time.monotonic() < until:
-            started = time.perf_counter()
-            await self.single()
-            quiet.append(time.perf_counter() - started)
-        figures["quiet"] = Latency(quiet)
+        # The host's own tail, just before: as many appends as --quiet seconds allow.
+        figures["quiet"] = await repeat(self.single, sys.maxsize, self.opts.quiet)
         stalls: list[float] = []
         argv = [PYTHON, "-m", "eventlog", "purge", "--dsn", self.store.dsn, "--before", cut]
         began = time.perf_counter()

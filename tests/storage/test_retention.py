@@ -266,11 +266,10 @@ async def test_purge_steps_commit_without_waiting_for_the_disk_and_writes_still_
             )
         else:
             lock = "SELECT purged_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
-            steps = [q for q in statements if q == lock]
-            assert steps and statements.count("SET LOCAL synchronous_commit = off") == len(steps)
+            locks = [i for i, q in enumerate(statements) if q == lock]
+            assert locks and statements.count("SET LOCAL synchronous_commit = off") == len(locks)
             # Each step's rows are read before its transaction takes the lock (not under it).
             ahead = [i for i, q in enumerate(statements) if "count(e.created_at)" in q]
-            locks = [i for i, q in enumerate(statements) if q == lock]
             assert len(ahead) == len(locks) and all(a < b for a, b in zip(ahead, locks))
             async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
                 assert await conn.fetchval("SHOW synchronous_commit") == "on"
