@@ -9,8 +9,6 @@ import io
 import logging
 import os
 import re
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,8 +24,9 @@ log = logging.getLogger("eventlog.retention")
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
-# A purge step should hold the write lock for about this long; the step size follows the time
-# the last ones took, so a slow disk or a busy database gets smaller steps.
+# A purge step should hold the write lock for about this long; the step size follows how long
+# the last ones held it (as the store measured), so a slow disk or a busy database gets smaller
+# steps. What a step does without the lock (reading ahead, checkpoints) does not count.
 STEP_SECONDS = 0.015
 FIRST_STEP, MIN_STEP, MAX_STEP = 500, 50, 50_000
 # SQLite pages a step of incremental vacuum frees, paced the same way (a step that moves pages
@@ -76,7 +75,6 @@ async def purge(
     *,
     dry_run: bool = False,
     archive: str | Path | None = None,
-    clock: Callable[[], float] = time.perf_counter,
 ) -> PurgeResult:
     """Remove every event ingested before ``before`` (see EventStore.purge_cut), in steps of
     about STEP_SECONDS each, while writes go on between them. With ``archive``, the events to
@@ -96,42 +94,38 @@ async def purge(
                 "behind the database written to): nothing was removed; try again"
             )
     # What the database keeps apart goes whole; what is left, a short step at a time.
-    removed, step = await store.purge_whole(before), _Pace(FIRST_STEP, MIN_STEP, MAX_STEP, clock)
+    # Between two steps, the writes that waited for the lock get at least as long as it was held.
+    removed, step = await store.purge_whole(before), _Pace(FIRST_STEP, MIN_STEP, MAX_STEP)
     steps, longest = 0, 0.0
     while True:
-        with step:
-            done = await store.purge_chunk(through, step.size)
+        done = await store.purge_chunk(through, step.size)
+        step.held(done.held)
         steps, longest = steps + 1, max(longest, done.held)
         if done.removed == 0 and await store.purged_through() >= through:
             break
         removed += done.removed
-        await asyncio.sleep(max(store.purge_pause, step.took))
-    reclaim = _Pace(FIRST_RECLAIM, MIN_RECLAIM, MAX_RECLAIM, clock)
+        await asyncio.sleep(max(store.purge_pause, done.held))
+    reclaim = _Pace(FIRST_RECLAIM, MIN_RECLAIM, MAX_RECLAIM)
     while True:
-        with reclaim:
-            given = await store.reclaim(reclaim.size)
+        given = await store.reclaim(reclaim.size)
+        reclaim.held(given.held)
         longest = max(longest, given.held)
         if not given.more:
             break
-        await asyncio.sleep(max(store.purge_pause, reclaim.took))
+        await asyncio.sleep(max(store.purge_pause, given.held))
     return PurgeResult(through, removed, archived, steps, longest)
 
 
 class _Pace:
-    """The size of a purge's steps, aimed at STEP_SECONDS each from the time the last one
-    took: down at once, up by half at most (a step's time is not proportional to its size:
-    it also waits for the disk)."""
+    """The size of a purge's steps, aimed at holding the lock STEP_SECONDS each from how long
+    the last one held it: down at once, up by half at most (a step's time is not proportional
+    to its size: it also waits for the disk)."""
 
-    def __init__(self, first: int, low: int, high: int, clock: Callable[[], float]) -> None:
-        self.size, self.low, self.high, self.clock = first, low, high, clock
-        self.took = 0.0
+    def __init__(self, first: int, low: int, high: int) -> None:
+        self.size, self.low, self.high = first, low, high
 
-    def __enter__(self) -> None:
-        self.started = self.clock()
-
-    def __exit__(self, *exc: object) -> None:
-        self.took = self.clock() - self.started
-        wanted = self.size * STEP_SECONDS / max(self.took, 1e-4)
+    def held(self, seconds: float) -> None:
+        wanted = self.size * STEP_SECONDS / max(seconds, 1e-4)
         self.size = int(min(max(wanted, self.low), self.size * 1.5, self.high))
 
 
