@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import itertools
 import json
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from eventlog.envelope import Event, Execution
 from eventlog.log import EventLog
 from eventlog.problems import ResumeExpired
 from eventlog.retention import purge
+from eventlog.storage import sqlite as sqlite_store
 from eventlog.storage.base import (
     EventStore,
     Filter,
@@ -268,11 +270,98 @@ async def test_purge_steps_commit_without_waiting_for_the_disk_and_writes_still_
             lock = "SELECT purged_seq FROM eventlog_head WHERE id = 1 FOR UPDATE"
             locks = [i for i, q in enumerate(statements) if q == lock]
             assert locks and statements.count("SET LOCAL synchronous_commit = off") == len(locks)
-            # Each step's rows are read before its transaction takes the lock (not under it).
-            ahead = [i for i, q in enumerate(statements) if "count(e.created_at)" in q]
-            assert len(ahead) == len(locks) and all(a < b for a, b in zip(ahead, locks))
+            # Each step that removes events reads them before its transaction takes the lock
+            # (not under it); the last step, finding nothing left to remove, reads nothing.
+            ahead = [i for i, q in enumerate(statements) if "count(created_at) FROM step" in q]
+            assert len(ahead) == len(locks) - 1 and all(
+                before < a < lock for before, a, lock in zip([-1, *locks], ahead, locks)
+            )
             async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
                 assert await conn.fetchval("SHOW synchronous_commit") == "on"
+
+
+async def test_sqlite_purge_steps_first_read_every_entry_they_change(tmp_path: Path):
+    """Before each step takes the write lock, the purge's own connection reads what the step
+    will read and change: its rows, each index's entries for them (every index of the schema,
+    each read through that index and finding exactly those entries), all of the events of the
+    executions it recounts, and their summaries."""
+    path = tmp_path / "events.db"
+    async with EventLog.open(f"sqlite:///{path}") as log:
+        store = log.store
+        await log.append_batch(
+            [
+                {
+                    "execution_id": 1 + n % 7,
+                    "event_type": f"t{n % 3}",
+                    "step": f"s{n % 5}",
+                    "status": "FAILED" if n % 11 == 0 else "RUNNING",
+                    "worker_id": None if n % 4 else f"w{n % 3}",
+                    "payload": {"big": "x" * (6000 if n % 50 == 0 else 1)},  # overflow pages
+                }
+                for n in range(1400)
+            ]
+        )
+        with sqlite3.connect(path) as db:
+            indexes = {
+                name
+                for (name,) in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' "
+                    "AND tbl_name IN ('events', 'executions')"
+                )
+            }
+            assert set(sqlite_store._PURGE_READ_AHEAD) == indexes | {"events", "executions"}
+            span = (300, 1397)  # four executions end in it, three go on after it
+            in_span = "FROM events WHERE seq > ? AND seq <= ?"
+            (rows,) = db.execute(f"SELECT count(*) {in_span}", span).fetchone()
+            (workers,) = db.execute(f"SELECT count(worker_id) {in_span}", span).fetchone()
+            (of_executions,) = db.execute(
+                "SELECT count(*) FROM events WHERE execution_id IN "
+                f"(SELECT execution_id {in_span})",
+                span,
+            ).fetchone()
+            (executions,) = db.execute(
+                f"SELECT count(DISTINCT execution_id) {in_span}", span
+            ).fetchone()
+            (ending,) = db.execute(
+                "SELECT count(*) FROM executions WHERE last_seq > ? AND last_seq <= ?", span
+            ).fetchone()
+            expected = dict.fromkeys(set(indexes) - {"executions_last_seq"}, rows)
+            expected |= {
+                "events": rows,
+                "events_worker_id": workers,
+                "events_execution": of_executions,
+                "sqlite_autoindex_events_1": of_executions,
+                "executions": executions,
+                "executions_last_seq": ending,
+            }
+            assert 0 < ending < executions < rows < of_executions and 0 < workers < rows
+            for name, read in sqlite_store._PURGE_READ_AHEAD.items():
+                assert db.execute(read, span).fetchone() == (expected[name],), name
+                plan = " ".join(r[-1] for r in db.execute(f"EXPLAIN QUERY PLAN {read}", span))
+                assert (name if name in indexes else f"{name} USING INTEGER PRIMARY KEY") in plan
+
+        # In a purge, each step's reads come before its transaction, on another connection.
+        said: list[tuple[str, str]] = []
+        await store._on_purger(  # type: ignore[attr-defined]
+            lambda db: db.set_trace_callback(lambda q: said.append(("purger", q)))
+        )
+        store._writer.set_trace_callback(  # type: ignore[attr-defined]
+            lambda q: said.append(("writer", q))
+        )
+        first = await log.page(Page(limit=1400))
+        result = await purge(store, first[-1].ingested_at + timedelta(microseconds=1))
+    steps = [i for i, (_, q) in enumerate(said) if q.startswith("DELETE FROM events")]
+    assert result.removed == 1400 and len(steps) == result.steps - 1 >= 2  # the last finds none
+    for i, previous in zip(steps, [-1, *steps]):
+        deleted = re.fullmatch(r"DELETE FROM events WHERE seq > (\d+) AND seq <= (\d+)", said[i][1])
+        assert deleted
+        low, high = deleted.groups()
+        reads = {
+            q.replace("?1", low).replace("?2", high)
+            for q in sqlite_store._PURGE_READ_AHEAD.values()
+        }
+        begin = max(j for j in range(previous + 1, i) if said[j] == ("writer", "BEGIN IMMEDIATE"))
+        assert reads <= {q for who, q in said[previous + 1 : begin] if who == "purger"}
 
 
 async def test_the_purge_reports_the_longest_time_a_step_held_the_write_lock(dsn: str):
@@ -325,38 +414,42 @@ async def test_the_longest_hold_includes_the_steps_that_give_space_back(tmp_path
     assert result.longest_hold == 0.2
 
 
-# Step times exact in binary, so that the expected sizes are computed as the purge does.
-@pytest.mark.parametrize("took", [1 / 32, 1 / 1024], ids=["slow steps", "fast steps"])
-async def test_purge_and_reclaim_steps_are_paced_by_the_time_they_take(tmp_path: Path, took):
-    """Each step's size aims at STEP_SECONDS from the time the last one took: twice too slow
-    halves it (down to the floor), much too fast grows it by half at most. The incremental
-    vacuum that follows a SQLite purge is paced the same way."""
+# Hold times exact in binary, so that the expected sizes are computed as the purge does.
+@pytest.mark.parametrize("held", [1 / 32, 1 / 1024], ids=["slow steps", "fast steps"])
+async def test_purge_and_reclaim_steps_are_paced_by_how_long_they_hold_the_lock(
+    tmp_path: Path, held
+):
+    """Each step's size aims at STEP_SECONDS from how long the last one held the lock (as the
+    store reported it): twice too long halves it (down to the floor), much too short grows it
+    by half at most. The incremental vacuum that follows a SQLite purge is paced the same way.
+    The time a step takes outside the lock does not count."""
     path = tmp_path / "events.db"
     async with open_store(f"sqlite:///{path}") as store:
         await store.migrate()
         written = await _fill(store, 500)
-        store.purge_pause = 0.0  # type: ignore[misc]  # the pauses then last as long as a step
+        store.purge_pause = 0.0  # type: ignore[misc]  # the pauses then last as long as a hold
         sizes: dict[str, list[int]] = {"purge_chunk": [], "reclaim": []}
         for name, recorded in sizes.items():
             real = getattr(store, name)
 
             async def recording(*args, real=real, recorded=recorded):
                 recorded.append(args[-1])
-                return await real(*args)
+                step = await real(*args)
+                await asyncio.sleep(0.03)  # time taken without the lock
+                return attrs.evolve(step, held=held)
 
             setattr(store, name, recording)
-        ticks = itertools.count(step=took)  # a step takes `took` between its two readings
-        await purge(store, written[-1].ingested_at + timedelta(seconds=1), clock=ticks.__next__)
+        await purge(store, written[-1].ingested_at + timedelta(seconds=1))
     steps, reclaims = sizes["purge_chunk"], sizes["reclaim"]
     assert steps[0] == retention.FIRST_STEP and reclaims[0] == retention.FIRST_RECLAIM
     for seen, low in ((steps, retention.MIN_STEP), (reclaims, retention.MIN_RECLAIM)):
         pairs = list(itertools.pairwise(seen))
         assert pairs, seen
-        if took > retention.STEP_SECONDS:
-            assert all(b == max(low, int(a * retention.STEP_SECONDS / took)) for a, b in pairs)
+        if held > retention.STEP_SECONDS:
+            assert all(b == max(low, int(a * retention.STEP_SECONDS / held)) for a, b in pairs)
         else:
             assert all(b == int(a * 1.5) for a, b in pairs[:3]), seen
-    if took > retention.STEP_SECONDS:
+    if held > retention.STEP_SECONDS:
         assert reclaims[-1] == retention.MIN_RECLAIM  # the floor
 
 
